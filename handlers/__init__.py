@@ -1,0 +1,6 @@
+"""Feature handlers: importing this package registers every command and flow.
+
+Adding a feature: one module here, one import line below, its catalog strings, a test.
+"""
+
+from handlers import core, registration, tips  # noqa: F401
