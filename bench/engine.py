@@ -1,0 +1,126 @@
+"""Benchmark: inbound messages per second through the engine, against a bare SQL loop.
+
+The engine does parse → route → state → outbox rows, one transaction per message, on
+SQLite (WAL, synchronous=NORMAL). The baseline, measured in the same run on the same
+kind of file, writes the same rows (the inbound record, the identity's and member's
+last-seen times, one outbox row) with plain sqlite3 and one commit per message: the
+unavoidable cost. The last line is one JSON object.
+
+    python bench/engine.py [--messages N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import handlers  # noqa: E402,F401
+from bot.channels.simulator import address_for  # noqa: E402
+from bot.config import load_config  # noqa: E402
+from bot.engine import Engine  # noqa: E402
+from bot.messages import Inbound  # noqa: E402
+from storage.db import make_engine, session_scope, upgrade  # noqa: E402
+from storage.repo import FamilySpec, MemberSpec, create_family, link_identity  # noqa: E402
+
+TEXTS = ["MENU", "BAHASA id", "apa kabar", "BATAL", "help"]
+
+
+def bench_engine(path: Path, n: int) -> float:
+    """Return messages per second through the engine."""
+    cfg = load_config(env={})
+    cfg.database.url = f"sqlite:///{path}"
+    db = make_engine(cfg.database.url)
+    upgrade(db)
+    now = datetime.now(UTC)
+    with session_scope(db) as session:
+        _f, members = create_family(session, FamilySpec(
+            village="Bench", members=[MemberSpec(role="carer", name=f"C{i}") for i in range(10)],
+            consent_given_by="C0", consent_method="signed form"), now=now,
+            languages=cfg.bot.languages)
+        ids = [m.id or 0 for m in members]
+        for m in members:
+            link_identity(session, m, "simulator", address_for(m.id or 0), now=now)
+    engine = Engine(db, cfg)
+    for i, mid in enumerate(ids):  # warm-up: the first-contact notice, caches
+        engine.handle(Inbound("simulator", address_for(mid), "MENU", f"w{i}", now))
+    start = time.perf_counter()
+    for i in range(n):
+        mid = ids[i % len(ids)]
+        engine.handle(Inbound("simulator", address_for(mid), TEXTS[i % len(TEXTS)],
+                              uuid.uuid4().hex, now))
+    elapsed = time.perf_counter() - start
+    db.dispose()
+    return n / elapsed
+
+
+def bench_bare(path: Path, n: int) -> float:
+    """Return messages per second writing the same rows with plain SQL."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript("""
+        CREATE TABLE inboundlog (id INTEGER PRIMARY KEY, channel TEXT, external_id TEXT,
+            member_id INT, kind TEXT, outcome TEXT, received_at TEXT,
+            UNIQUE(channel, external_id));
+        CREATE TABLE identity (id INTEGER PRIMARY KEY, channel TEXT, address TEXT,
+            member_id INT, last_inbound_at TEXT, UNIQUE(channel, address));
+        CREATE TABLE member (id INTEGER PRIMARY KEY, last_inbound_at TEXT);
+        CREATE TABLE outbox (id INTEGER PRIMARY KEY, member_id INT, channel TEXT, address TEXT,
+            kind TEXT, priority INT, text TEXT, status TEXT, next_attempt_at TEXT,
+            created_at TEXT);
+        CREATE INDEX ix_outbox_due ON outbox(status, next_attempt_at);
+    """)
+    for i in range(10):
+        conn.execute("INSERT INTO member (id) VALUES (?)", (i + 1,))
+        conn.execute("INSERT INTO identity (channel, address, member_id) VALUES (?, ?, ?)",
+                     ("simulator", f"sim-{i + 1}", i + 1))
+    now = datetime.now(UTC).isoformat()
+    start = time.perf_counter()
+    for i in range(n):
+        mid = i % 10 + 1
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO inboundlog (channel, external_id, member_id, kind, outcome, "
+                     "received_at) VALUES ('simulator', ?, ?, 'text', 'menu', ?)",
+                     (uuid.uuid4().hex, mid, now))
+        row = conn.execute("SELECT member_id FROM identity WHERE channel='simulator' AND "
+                           "address=?", (f"sim-{mid}",)).fetchone()
+        conn.execute("UPDATE identity SET last_inbound_at=? WHERE channel='simulator' AND "
+                     "address=?", (now, f"sim-{mid}"))
+        conn.execute("UPDATE member SET last_inbound_at=? WHERE id=?", (now, row[0]))
+        conn.execute("INSERT INTO outbox (member_id, channel, address, kind, priority, text, "
+                     "status, next_attempt_at, created_at) VALUES (?, 'simulator', ?, 'reply', "
+                     "0, ?, 'queued', ?, ?)", (mid, f"sim-{mid}", "x" * 200, now, now))
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return n / elapsed
+
+
+def main() -> None:
+    """Run both loops and print the figures."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=3000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = bench_bare(Path(tmp) / "bare.db", args.messages)
+        engine = bench_engine(Path(tmp) / "engine.db", args.messages)
+    ratio = engine / bare
+    print(f"engine: {engine:8.0f} messages/s (parse, route, state, outbox; 1 commit each)")
+    print(f"bare:   {bare:8.0f} messages/s (same rows, plain SQL)")
+    print(f"ratio:  {ratio:8.2f} (target >= 0.33; engine target >= 1000/s)")
+    print(json.dumps({"engine_msgs_per_s": round(engine, 1), "bare_msgs_per_s": round(bare, 1),
+                      "ratio": round(ratio, 3)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,378 @@
+"""The command line: ``desmigratif`` (also ``python -m bot``).
+
+Every command takes ``--config PATH`` before or after the subcommand. Bad input ends
+with a one-line reason on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from bot.config import Config, ConfigError, load_config
+from storage.db import SchemaError
+
+log = logging.getLogger("desmigratif")
+
+
+class CliError(Exception):
+    """A problem to report in one line with a non-zero exit status."""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", dest="config_path", default=argparse.SUPPRESS,
+                   help="TOML config file (default: $DESMIGRATIF_CONFIG, else built-in defaults)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="desmigratif", description=__doc__.splitlines()[0])
+    _common(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="webhooks, API, dashboard, simulator and sender")
+    _common(p)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--no-scheduler", action="store_true", help="do not run the timed jobs")
+    p.add_argument("--telegram-polling", action="store_true",
+                   help="fetch Telegram updates by long polling (development without a URL)")
+
+    p = sub.add_parser("worker", help="scheduler and outbound sender, no HTTP")
+    _common(p)
+    p.add_argument("--no-scheduler", action="store_true")
+
+    p = sub.add_parser("db", help="database schema")
+    _common(p)
+    dbsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    _common(dbsub.add_parser("upgrade", help="apply migrations"))
+    _common(dbsub.add_parser("current", help="show the schema revision"))
+
+    p = sub.add_parser("coordinator", help="coordinators")
+    _common(p)
+    csub = p.add_subparsers(dest="coord_command", required=True, metavar="ACTION")
+    a = csub.add_parser("add", help="create a coordinator and print its API token")
+    _common(a)
+    a.add_argument("--name", required=True)
+    a.add_argument("--village", required=True)
+    a.add_argument("--district", default="")
+    a.add_argument("--level", choices=("village", "district"), default="village")
+    a.add_argument("--whatsapp")
+    a.add_argument("--telegram-chat-id")
+    a.add_argument("--language", default=None)
+    a.add_argument("--password-stdin", action="store_true",
+                   help="read a dashboard password from standard input")
+
+    p = sub.add_parser("demo", help="create the demo village and family")
+    _common(p)
+
+    p = sub.add_parser("chat", help="talk to the bot in the terminal as a member")
+    _common(p)
+    p.add_argument("--as", dest="member_id", type=int, required=True, metavar="MEMBER_ID")
+
+    p = sub.add_parser("scheduler", help="timed jobs")
+    _common(p)
+    ssub = p.add_subparsers(dest="sched_command", required=True, metavar="ACTION")
+    r = ssub.add_parser("run-due", help="run the jobs due at an instant and send what they queue")
+    _common(r)
+    r.add_argument("--at", required=True, help="ISO 8601 instant, e.g. 2026-12-06T11:00:00Z")
+    _common(ssub.add_parser("list", help="show the jobs and what they would send now"))
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config_path", None))
+
+
+def _setup_logging(config: Config) -> None:
+    level = getattr(logging, config.logging.level.upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    # Twilio logs every request, numbers included, at INFO.
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _db(config: Config, *, create_if_empty: bool = True) -> Any:
+    from storage.db import ensure_schema, make_engine
+
+    engine = make_engine(config.database.url, echo=config.database.echo)
+    # A brand-new SQLite file is created at the current schema; anything else must be
+    # migrated on purpose, with `desmigratif db upgrade`.
+    new_sqlite = config.database.url.startswith("sqlite")
+    ensure_schema(engine, create_if_empty=create_if_empty and new_sqlite)
+    return engine
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _phone(value: str) -> str | None:
+    from bot.privacy import normalise_e164
+
+    return normalise_e164(value)
+
+
+# --- commands ------------------------------------------------------------------------
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """Apply migrations or show the schema revision."""
+    from storage.db import current_revision, head_revision, make_engine, upgrade
+
+    config = _config(args)
+    engine = make_engine(config.database.url)
+    if args.db_command == "upgrade":
+        before = current_revision(engine)
+        upgrade(engine)
+        print(f"database at {head_revision()} (was {before or 'empty'})")
+    else:
+        print(current_revision(engine) or "empty")
+    return 0
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    """Create a coordinator and print its token alone on the last line."""
+    from bot.web.passwords import hash_password
+    from storage.db import session_scope
+    from storage.repo import ValidationError, create_coordinator
+
+    config = _config(args)
+    password_hash = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        if len(password) < 8:
+            raise CliError("password: at least 8 characters")
+        password_hash = hash_password(password)
+    engine = _db(config)
+    try:
+        with session_scope(engine) as session:
+            coord, token = create_coordinator(
+                session, name=args.name, village=args.village, now=_now(),
+                whatsapp=args.whatsapp, telegram_chat_id=args.telegram_chat_id,
+                password_hash=password_hash, level=args.level, district=args.district,
+                language=args.language or config.bot.default_language, normalise_phone=_phone)
+            cid = coord.id
+    except ValidationError as exc:
+        raise CliError(str(exc)) from exc
+    print(f"coordinator {cid} created for {args.village}; API token:")
+    print(token)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Create the demo data (idempotent) and print who is who."""
+    from bot.demo import seed_demo
+    from storage.db import session_scope
+
+    config = _config(args)
+    engine = _db(config)
+    with session_scope(engine) as session:
+        members, token = seed_demo(session, config, _now())
+        lines = [f"  {m.id:>3}  {m.role:<12} {m.name:<16} invite code {m.invite_code or '-'}"
+                 for m in members]
+    print("Demo members (use `desmigratif chat --as ID` or the web simulator):")
+    print("\n".join(lines))
+    if token:
+        print("Demo coordinator API token:")
+        print(token)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Talk to the bot as a member, in the terminal."""
+    import handlers  # noqa: F401
+    from bot.channels.simulator import SimulatorChannel, address_for
+    from bot.engine import Engine
+    from bot.messages import Inbound
+    from bot.sender import Sender
+    from storage.db import session_scope
+    from storage.models import Member, Outbox
+    from storage.repo import link_identity
+
+    config = _config(args)
+    engine = _db(config)
+    with session_scope(engine) as session:
+        member = session.get(Member, args.member_id)
+        if member is None:
+            raise CliError(f"no member with id {args.member_id}")
+        link_identity(session, member, "simulator", address_for(member.id or 0), now=_now())
+        name, role = member.name, member.role
+    bot = Engine(engine, config)
+    sender = Sender(engine, config, {"simulator": SimulatorChannel()})
+    interactive = sys.stdin.isatty()
+    print(f"Chatting as {name} ({role}). Type MENU; Ctrl-D to leave.", file=sys.stderr)
+    while True:
+        if interactive:
+            print("> ", end="", flush=True, file=sys.stderr)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        result = bot.handle(Inbound(channel="simulator", address=address_for(args.member_id),
+                                    text=line.rstrip("\n"), external_id=f"cli-{uuid.uuid4().hex}",
+                                    received_at=_now()))
+        with session_scope(engine) as session:
+            for oid in result.outbox_ids:
+                row = session.get(Outbox, oid)
+                if row is None:
+                    continue
+                if row.member_id == args.member_id:
+                    print(row.text)
+                else:
+                    other = session.get(Member, row.member_id) if row.member_id else None
+                    who = f"{other.name} ({other.role})" if other else row.address
+                    print(f"  [→ {who} via {row.channel or 'not linked yet'}] "
+                          + row.text.replace("\n", "\n  "))
+            print()
+        sender.drain(timeout=5)
+    return 0
+
+
+def _run_worker(config: Config, *, scheduler: bool, stop: threading.Event) -> None:
+    from bot.channels import build_channels
+    from bot.sender import Sender
+
+    engine = _db(config)
+    channels = build_channels(config)
+    sender = Sender(engine, config, channels)
+    sched = None
+    if scheduler and config.scheduler.enabled:
+        try:
+            from bot.scheduler import LiveScheduler
+        except ImportError:  # pragma: no cover - scheduler module not installed
+            LiveScheduler = None  # type: ignore[assignment,misc]  # noqa: N806
+        if LiveScheduler is not None:
+            sched = LiveScheduler(engine, config)
+            sched.start()
+    thread = threading.Thread(target=sender.run_forever, name="sender", daemon=True)
+    thread.start()
+    stop.wait()
+    sender.stop()
+    if sched is not None:
+        sched.shutdown()
+    thread.join(timeout=10)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run the sender (and the scheduler) until SIGTERM or SIGINT."""
+    config = _config(args)
+    _setup_logging(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    _run_worker(config, scheduler=not args.no_scheduler, stop=stop)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve HTTP with gunicorn and run a worker process beside it."""
+    from gunicorn.app.base import BaseApplication
+
+    config = _config(args)
+    _setup_logging(config)
+    _db(config)  # refuse an old schema before binding the port
+    host = args.host or config.server.host
+    port = args.port or config.server.port
+    workers = args.workers or config.server.workers
+    worker_cmd = [sys.executable, "-m", "bot", "worker"]
+    if getattr(args, "config_path", None):
+        worker_cmd += ["--config", args.config_path]
+    if args.no_scheduler:
+        worker_cmd.append("--no-scheduler")
+    children: list[subprocess.Popen[bytes]] = []
+
+    class App(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "sync")
+            self.cfg.set("timeout", 60)
+            self.cfg.set("graceful_timeout", 20)
+            self.cfg.set("accesslog", None)
+            self.cfg.set("when_ready", _when_ready)
+            self.cfg.set("on_exit", _on_exit)
+
+        def load(self) -> Any:
+            from bot.app import create_app
+
+            # Built in each worker after the fork: no shared connections or threads.
+            return create_app(config)
+
+    def _when_ready(_server: Any) -> None:
+        children.append(subprocess.Popen(worker_cmd))
+        if args.telegram_polling:
+            children.append(subprocess.Popen(
+                [sys.executable, "-m", "bot.channels.polling"]
+                + (["--config", args.config_path] if getattr(args, "config_path", None) else [])))
+        print(f"desmigratif serving on http://{host}:{port} "
+              f"(simulator: http://{host}:{port}/simulator/)", file=sys.stderr, flush=True)
+
+    def _on_exit(_server: Any) -> None:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    App().run()
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    """Run the jobs due at an instant, or list them."""
+    try:
+        from bot import scheduler
+    except ImportError as exc:  # pragma: no cover
+        raise CliError("the scheduler is not available in this build") from exc
+    config = _config(args)
+    engine = _db(config)
+    if args.sched_command == "run-due":
+        try:
+            at = datetime.fromisoformat(args.at.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise CliError(f"--at: not an ISO 8601 instant: {args.at!r}") from exc
+        if at.tzinfo is None:
+            raise CliError("--at: give a timezone, e.g. 2026-12-06T11:00:00Z or +07:00")
+        summary = scheduler.run_due(engine, config, at.astimezone(UTC), send=True)
+        for kind, count in sorted(summary.items()):
+            print(f"{kind}: {count}")
+        return 0
+    for line in scheduler.describe(engine, config, _now()):
+        print(line)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": cmd_serve, "worker": cmd_worker, "db": cmd_db, "coordinator": cmd_coordinator,
+    "demo": cmd_demo, "chat": cmd_chat, "scheduler": cmd_scheduler,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    os.environ.setdefault("PTB_TIMEDELTA", "1")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, CliError, SchemaError) as exc:
+        print(f"desmigratif: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
