@@ -49,9 +49,12 @@ def create_app(config: Config | None = None, *, db: DbEngine | None = None,
 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
 
-    from bot.web import health, simulator
+    from bot.web import api, dashboard, health, simulator, webhooks
 
     app.register_blueprint(health.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(dashboard.bp)
     if config.server.simulator:
         app.register_blueprint(simulator.bp)
 

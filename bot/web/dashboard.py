@@ -1,0 +1,7 @@
+"""Dashboard blueprint (filled in by its feature)."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+bp = Blueprint("dashboard", __name__)

@@ -1,0 +1,7 @@
+"""Webhooks blueprint (filled in by its feature)."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+bp = Blueprint("webhooks", __name__)
