@@ -126,10 +126,17 @@ class Registry:
         return flow
 
     def intercept(
-        self, fn: Callable[[Context], Handled | None]
+        self, fn: Callable[[Context], Handled | None], *, first: bool = False
     ) -> Callable[[Context], Handled | None]:
-        """Declare a check run on every message before routing (consent, safety words)."""
-        self.interceptors.append(fn)
+        """Declare a check run on every message before routing (consent, safety words).
+
+        ``first`` puts it ahead of the others: safety comes before consent, so a child
+        whose family has not agreed yet can still be heard when in danger.
+        """
+        if first:
+            self.interceptors.insert(0, fn)
+        else:
+            self.interceptors.append(fn)
         return fn
 
     def table(self) -> dict[str, Command]:

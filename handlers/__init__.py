@@ -3,4 +3,4 @@
 Adding a feature: one module here, one import line below, its catalog strings, a test.
 """
 
-from handlers import core, registration, tips  # noqa: F401
+from handlers import core, fund, news, registration, safety, tips  # noqa: F401

@@ -190,7 +190,7 @@ def _test_registry() -> Registry:
 
     @reg.command("cancel", "batal", global_=True, fuzzy=False)
     def cancel(ctx: Context) -> Next | None:
-        ctx.reply("cancelled")
+        ctx.reply("test-cancelled")
         return None
 
     @reg.command("menu", "menu", global_=True)
@@ -239,7 +239,7 @@ def test_global_keywords_work_inside_a_flow(make_family: Callable[..., Demo],
     demo = make_family()
     demo.engine = Engine(demo.db, demo.engine.config, reg=_test_registry(), clock=clock)
     demo.say("Rina", "tanya")
-    assert demo.say("Rina", "BATAL")[-1] == "cancelled"
+    assert demo.say("Rina", "BATAL")[-1] == "test-cancelled"
     with session_scope(demo.db) as session:
         assert session.get(ConversationState, demo.ids["Rina"]) is None
     demo.say("Rina", "tanya")
