@@ -3,6 +3,26 @@
 Runs inside the caller's transaction: the rows commit with the state change that
 produced them, or not at all. Rendering happens here, where the recipient is known, so a
 message reaches each person in their own language on their own channel.
+
+WhatsApp's 24-hour window is decided here too. WhatsApp lets a business send free text
+only within 24 hours of the person's last message; after that only pre-approved
+templates. A message for a WhatsApp member whose window is closed (at the moment it is
+due, quiet hours included) goes out as the template configured for its kind
+(``[twilio.templates]``, optionally per language: ``reminder.jv`` before ``reminder``);
+where no template fits it goes to the member's Telegram chat if they have one, and
+otherwise it is held, and one template nudge a day ("you have a message from your
+family, reply BACA") tells the member to write. Their next message, whatever it says,
+releases everything held for them (``on_inbound``).
+
+::
+
+    queue_messages ──window open / Telegram──▶ queued ──sender──▶ sent
+          │                                      ▲  │
+          │ window closed, no template           │  └─63016 (REST or status callback)─┐
+          ▼                                      │                                    ▼
+        held ◀───────────────────────────────────┼──────────────────────────────── held
+          │  + one nudge a day (template)        │
+          └──── the member writes (on_inbound) ──┘
 """
 
 from __future__ import annotations
@@ -10,21 +30,54 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import or_
+from sqlalchemy import and_, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from bot.channels.base import MAX_LENGTH
 from bot.config import Config
-from bot.i18n import translator
-from bot.messages import Outbound
+from bot.i18n import N_, translator
+from bot.messages import Outbound, Text
 from storage.models import ChannelIdentity, Member, Outbox
 
 # Kinds a member asked for: they still arrive after STOP. Everything else is skipped.
 ASKED_FOR = frozenset({"reply", "alert", "status"})
 PRIORITY = {"reply": 0, "alert": 0, "status": 1, "relay": 2, "notice": 3, "reminder": 5,
             "nudge": 5, "tip": 6, "broadcast": 8}
+
+WINDOW = timedelta(hours=24)
+# A message due this close to the end of the window may reach Twilio after it closed.
+WINDOW_MARGIN = timedelta(minutes=2)
+WINDOW_ERROR = "outside the 24-hour window"
+NO_CHAT_ERROR = "no linked chat yet"
+# Shown in the simulator and dashboard for a nudge; the template registered at Twilio
+# says the same (docs/platforms.md).
+NUDGE_TEXT = N_("Hello {name}, you have a new message from your family. Reply READ to "
+                "read it.")
+# Channels whose messages are split to the platform's length when queued.
+_SPLIT_CHANNELS = frozenset({"telegram", "whatsapp"})
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Split a long message at word (or line) boundaries into pieces of at most limit."""
+    if len(text) <= limit:
+        return [text]
+    pieces: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        cut = rest.rfind("\n", 0, limit)
+        if cut < limit // 2:
+            cut = rest.rfind(" ", 0, limit)
+        if cut < limit // 2:
+            cut = limit  # one enormous word: cut it
+        pieces.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:
+        pieces.append(rest)
+    return pieces
 
 
 def preferred_identity(session: Session, member_id: int) -> ChannelIdentity | None:
@@ -45,16 +98,20 @@ def _parse_hhmm(value: str) -> time:
     return time(int(hh), int(mm))
 
 
+def _zone(tz_name: str, config: Config) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz_name)
+    except Exception:
+        return ZoneInfo(config.bot.default_timezone)
+
+
 def quiet_until(tz_name: str, now: datetime, config: Config) -> datetime | None:
     """Return when quiet hours end for someone in tz_name, or None if it is not quiet now."""
     start = _parse_hhmm(config.scheduler.quiet_hours_start)
     end = _parse_hhmm(config.scheduler.quiet_hours_end)
     if start == end:
         return None
-    try:
-        zone = ZoneInfo(tz_name)
-    except Exception:
-        zone = ZoneInfo(config.bot.default_timezone)
+    zone = _zone(tz_name, config)
     local = now.astimezone(zone)
     t_now = local.time()
     quiet = (start <= t_now or t_now < end) if start > end else (start <= t_now < end)
@@ -64,78 +121,227 @@ def quiet_until(tz_name: str, now: datetime, config: Config) -> datetime | None:
     return datetime.combine(day, end, tzinfo=zone).astimezone(UTC)
 
 
+# --- the WhatsApp window ----------------------------------------------------------------
+
+
+def window_open(identity: ChannelIdentity, at: datetime) -> bool:
+    """Tell whether free text may reach this WhatsApp chat at `at` (24 h since they wrote)."""
+    if identity.last_inbound_at is None:
+        return False
+    return _aware(identity.last_inbound_at) + WINDOW - WINDOW_MARGIN > at
+
+
+def template_key(config: Config, kind: str | None, language: str) -> str | None:
+    """Return the configured template key for a message kind in a language, or None."""
+    if not kind:
+        return None
+    templates = config.twilio.templates
+    for key in (f"{kind}.{language}", kind):
+        if templates.get(key):
+            return key
+    return None
+
+
+def first_name(member: Member) -> str:
+    """Return the name a template greets the member with."""
+    parts = (member.name or "").split()
+    return parts[0] if parts else ""
+
+
+def queue_nudge(session: Session, member: Member, address: str, now: datetime,
+                config: Config) -> Outbox | None:
+    """Queue today's template nudge for a member with held messages (at most one a day)."""
+    if member.opted_out or member.id is None:
+        return None
+    key = template_key(config, "nudge", member.language)
+    if key is None:
+        return None  # no approved nudge: the held messages wait until they write anyway
+    day = now.astimezone(_zone(member.timezone, config)).date()
+    name = first_name(member)
+    row = Outbox(member_id=member.id, channel="whatsapp", address=address, kind="nudge",
+                 priority=PRIORITY["nudge"],
+                 text=translator(member.language).render(Text(NUDGE_TEXT, {"name": name})),
+                 template=key, template_vars=json.dumps({"1": name}),
+                 next_attempt_at=quiet_until(member.timezone, now, config) or now,
+                 idempotency_key=f"nudge:{member.id}:{day.isoformat()}", created_at=now)
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        return None  # already nudged today
+    return row
+
+
+def hold_for_window(session: Session, row: Outbox, now: datetime, config: Config) -> None:
+    """Hold a row WhatsApp refused outside the window (63016) and nudge its member."""
+    row.claimed_by, row.claimed_until = None, None
+    member = session.get(Member, row.member_id) if row.member_id else None
+    if member is None or row.kind == "nudge":
+        # Nobody to release it to later, or a template refused: nothing more to try.
+        row.status, row.error, row.sent_at = "failed", WINDOW_ERROR, now
+        session.add(row)
+        return
+    row.status, row.error, row.template = "held", WINDOW_ERROR, None
+    session.add(row)
+    queue_nudge(session, member, row.address, now, config)
+
+
+# --- queueing ----------------------------------------------------------------------------
+
+
 def queue_messages(session: Session, items: Sequence[Outbound], *, now: datetime,
                    config: Config, identities: dict[int | None, ChannelIdentity] | None = None
                    ) -> list[Outbox]:
     """Render and add outbox rows for the messages; return the rows added.
 
     ``identities`` maps member ids to the chat to use, when the caller knows it (a reply
-    goes to the chat the person just wrote from).
+    goes to the chat the person just wrote from). A text longer than its platform allows
+    becomes several rows, split at word boundaries, sent in order.
     """
     rows: list[Outbox] = []
     for item in items:
-        row = _row_for(session, item, now, config, identities or {})
-        if row is None:
+        pieces, nudge = _rows_for(session, item, now, config, identities or {})
+        if not pieces:
             continue
-        if row.idempotency_key:
+        if pieces[0].idempotency_key:
             # Two schedulers may race for the same occurrence: the unique key decides.
             try:
                 with session.begin_nested():
-                    session.add(row)
+                    session.add_all(pieces)
             except IntegrityError:
                 continue
         else:
-            session.add(row)
-        rows.append(row)
+            session.add_all(pieces)
+        rows.extend(pieces)
+        if nudge is not None:
+            session.flush()  # the held message first, then (at most) today's nudge
+            queue_nudge(session, nudge, pieces[0].address, now, config)
     if rows:
         session.flush()
     return rows
 
 
-def _row_for(session: Session, item: Outbound, now: datetime, config: Config,
-             identities: dict[int | None, ChannelIdentity]) -> Outbox | None:
+def _split(row: Outbox) -> list[Outbox]:
+    limit = MAX_LENGTH.get(row.channel)
+    if row.template or row.channel not in _SPLIT_CHANNELS or limit is None \
+            or len(row.text) <= limit:
+        return [row]
+    pieces = split_text(row.text, limit)
+    fields = row.model_dump(exclude={"id", "text", "idempotency_key"})
+    row.text = pieces[0]  # the first piece keeps the idempotency key
+    return [row, *(Outbox(**fields, text=piece) for piece in pieces[1:])]
+
+
+def _rows_for(session: Session, item: Outbound, now: datetime, config: Config,
+              identities: dict[int | None, ChannelIdentity]
+              ) -> tuple[list[Outbox], Member | None]:
+    """Return the rows for one message, and the member to nudge when it is held."""
     priority = 0 if item.urgent else PRIORITY.get(item.kind, 5)
     if item.member_id is None:
         if not (item.channel and item.address):
-            return None
+            return [], None
         text = translator(config.bot.default_language).render_all(item.parts, item.sep)
-        return Outbox(channel=item.channel, address=item.address, kind=item.kind,
-                      priority=priority, text=text, next_attempt_at=now, created_at=now,
-                      idempotency_key=item.idempotency_key, broadcast_id=item.broadcast_id)
+        return _split(Outbox(channel=item.channel, address=item.address, kind=item.kind,
+                             priority=priority, text=text, next_attempt_at=now, created_at=now,
+                             idempotency_key=item.idempotency_key,
+                             broadcast_id=item.broadcast_id)), None
     member = session.get(Member, item.member_id)
     if member is None:
-        return None
+        return [], None
     if member.opted_out and item.kind not in ASKED_FOR:
-        return None
+        return [], None
     text = translator(member.language).render_all(item.parts, item.sep)
     identity = identities.get(item.member_id) or preferred_identity(session, item.member_id)
     due = now
     if not item.urgent:
         due = quiet_until(member.timezone, now, config) or now
+    status, error = "queued", None
+    template: str | None = None
+    template_vars: dict[str, Any] | None = None
+    nudge = False
+    if identity is None:
+        # Nobody to deliver to yet: keep it until the member links a chat.
+        status, error = "held", NO_CHAT_ERROR
+    elif identity.channel == "whatsapp" and not window_open(identity, due):
+        template = template_key(config, item.template or item.kind, member.language)
+        if template is not None:
+            template_vars = item.template_vars or {"1": first_name(member)}
+        else:
+            other = _telegram_identity(session, member.id or 0)
+            if other is not None:
+                identity = other  # no window on Telegram
+            else:
+                status, error, nudge = "held", WINDOW_ERROR, True
     row = Outbox(member_id=member.id, channel=identity.channel if identity else "",
                  address=identity.address if identity else "", kind=item.kind,
-                 priority=priority, text=text, template=item.template,
-                 template_vars=json.dumps(item.template_vars) if item.template_vars else None,
+                 priority=priority, text=text, template=template,
+                 template_vars=json.dumps(template_vars) if template_vars else None,
                  next_attempt_at=due, idempotency_key=item.idempotency_key,
-                 broadcast_id=item.broadcast_id, created_at=now,
-                 # Nobody to deliver to yet: keep it until the member links a chat.
-                 status="queued" if identity else "held",
-                 error=None if identity else "no linked chat yet")
-    return row
+                 broadcast_id=item.broadcast_id, created_at=now, status=status, error=error)
+    return _split(row), member if nudge else None
+
+
+def _telegram_identity(session: Session, member_id: int) -> ChannelIdentity | None:
+    return session.exec(
+        select(ChannelIdentity).where(ChannelIdentity.member_id == member_id,
+                                      ChannelIdentity.channel == "telegram",
+                                      col(ChannelIdentity.reachable).is_(True))
+        .order_by(col(ChannelIdentity.id))
+    ).first()
+
+
+# --- held messages -----------------------------------------------------------------------
 
 
 def release_held(session: Session, member_id: int, identity: ChannelIdentity,
                  now: datetime) -> int:
-    """Send a member's held messages to the chat they now use; return how many."""
-    held = session.exec(
-        select(Outbox).where(Outbox.member_id == member_id, Outbox.status == "held")
+    """Send a member's held messages to the chat they now use; return how many.
+
+    Nudges still waiting (queued or held) are cancelled: the member is here.
+    """
+    rows = session.exec(
+        select(Outbox).where(Outbox.member_id == member_id,
+                             or_(col(Outbox.status) == "held",
+                                 and_(col(Outbox.kind) == "nudge",
+                                      col(Outbox.status) == "queued")))
         .order_by(col(Outbox.id))
     ).all()
-    for row in held:
-        row.status, row.channel, row.address = "queued", identity.channel, identity.address
-        row.next_attempt_at, row.error = now, None
+    released = 0
+    for row in rows:
+        if row.kind == "nudge":
+            row.status, row.error, row.sent_at = "cancelled", "the member wrote again", now
+        else:
+            row.status, row.channel, row.address = "queued", identity.channel, identity.address
+            # Free text now: the member just wrote (a template was for a closed window).
+            row.template, row.template_vars = None, None
+            row.next_attempt_at, row.error = now, None
+            released += 1
         session.add(row)
-    return len(held)
+    return released
+
+
+def on_inbound(session: Session, member: Member | None, identity: ChannelIdentity | None,
+               now: datetime) -> int:
+    """React to a member writing: release what was held for them, drop unsent nudges.
+
+    Called by the engine inside the inbound message's transaction, right after it
+    identified the sender. Returns how many held messages were released.
+    """
+    if member is None or identity is None or member.id is None:
+        return 0
+    return release_held(session, member.id, identity, now)
+
+
+def hold_address(session: Session, channel: str, address: str, reason: str) -> int:
+    """Hold what is queued for a chat that cannot receive now (blocked, opted out)."""
+    rows = session.exec(
+        select(Outbox).where(Outbox.channel == channel, Outbox.address == address,
+                             Outbox.status == "queued", col(Outbox.member_id).is_not(None))
+    ).all()
+    for row in rows:
+        row.status, row.error = "held", reason[:300]
+        session.add(row)
+    return len(rows)
 
 
 def cancel_unasked(session: Session, member_id: int, now: datetime) -> int:

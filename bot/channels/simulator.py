@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.channels.base import SendResult
+from bot.channels.base import MAX_LENGTH, SendResult
 from storage.models import Outbox
 
 
@@ -12,7 +12,7 @@ class SimulatorChannel:
     name = "simulator"
     rate_per_s = 1000.0
     rate_per_address_per_s: float | None = None
-    max_length = 4096
+    max_length = MAX_LENGTH["simulator"]
 
     def send(self, row: Outbox) -> SendResult:
         """Accept the message as delivered."""

@@ -166,13 +166,17 @@ class FaultPlan:
         self._check(kind)
         self._queued.extend([(kind, retry_after)] * times)
 
-    def every(self, kind: str, n: int, retry_after: int = 1) -> None:
-        """Make every n-th request fail with ``kind`` (n <= 0 turns it off)."""
+    def every(self, kind: str, n: int, retry_after: int = 1, offset: int = 0) -> None:
+        """Make every n-th request fail with ``kind`` (n <= 0 turns it off).
+
+        With ``offset`` k the first failure is request n - k (so two plans with one n can
+        fail disjoint requests: every 20th from request 15 beside every 10th).
+        """
         self._check(kind)
         if n <= 0:
             self._every.pop(kind, None)
         else:
-            self._every[kind] = [n, 0, retry_after]
+            self._every[kind] = [n, offset % n, retry_after]
 
     def clear(self) -> None:
         """Forget every planned fault."""
@@ -228,6 +232,9 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    # A sender with many requests in flight opens many connections at once: the default
+    # backlog of 5 resets some of them, which no real platform does.
+    request_queue_size = 128
 
     def __init__(self, fake: LoopbackFake, handler: type[BaseHTTPRequestHandler]) -> None:
         self.fake = fake
@@ -281,6 +288,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     server: _Server
     server_version = "fake"
+    # Headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm and
+    # delayed ACKs hold every keep-alive answer back by ~40 ms.
+    disable_nagle_algorithm = True
     sys_version = ""
 
     def do_GET(self) -> None:  # noqa: N802 - name fixed by BaseHTTPRequestHandler
@@ -374,6 +384,7 @@ class LoopbackFake:
         self._thread: threading.Thread | None = None
         self._sent: list[dict[str, Any]] = []
         self._calls: list[dict[str, Any]] = []
+        self._attempts: list[dict[str, Any]] = []
         self._rejected: Counter[str] = Counter()
         self._faults = FaultPlan()
 
@@ -469,6 +480,26 @@ class LoopbackFake:
             return list(self._calls)
 
     @property
+    def attempts(self) -> list[dict[str, Any]]:
+        """Return every message send, accepted or not, with its answer.
+
+        Each entry has the recipient (``chat_id`` or ``to``), the ``text``, the HTTP
+        ``status`` answered, the ``retry_after`` of a 429 (else None) and the monotonic
+        ``time`` the answer was decided (a client can only have learnt it later).
+        """
+        with self._lock:
+            return list(self._attempts)
+
+    def _record_attempt(self, to: str | None, text: str | None, response: FakeResponse) -> None:
+        payload = response.payload if isinstance(response.payload, dict) else {}
+        parameters = payload.get("parameters") if isinstance(payload, dict) else None
+        retry_after = parameters.get("retry_after") if isinstance(parameters, dict) else None
+        entry = {"to": to, "text": text, "status": response.status,
+                 "retry_after": retry_after, "time": time.monotonic()}
+        with self._lock:
+            self._attempts.append(entry)
+
+    @property
     def rejected(self) -> dict[str, int]:
         """Return how many requests failed, by fault kind or error code."""
         with self._lock:
@@ -490,16 +521,17 @@ class LoopbackFake:
         with self._lock:
             self._faults.inject(kind, times, retry_after)
 
-    def fault_every(self, kind: str, n: int, retry_after: int = 1) -> None:
+    def fault_every(self, kind: str, n: int, retry_after: int = 1, offset: int = 0) -> None:
         """Make every n-th message send fail with ``kind``; n <= 0 turns it off."""
         with self._lock:
-            self._faults.every(kind, n, retry_after)
+            self._faults.every(kind, n, retry_after, offset)
 
     def reset(self) -> None:
         """Forget records, faults and scripted behaviours (the server keeps running)."""
         with self._changed:
             self._sent.clear()
             self._calls.clear()
+            self._attempts.clear()
             self._rejected.clear()
             self._faults.clear()
             self._reset_locked()
@@ -710,7 +742,10 @@ class FakeTelegram(LoopbackFake):
         params = request.params
         with self._lock:
             self._record_call(self._canonical[method], request)
-        return handler(params)
+        response = handler(params)
+        if method == "sendmessage":
+            self._record_attempt(params.get("chat_id"), params.get("text"), response)
+        return response
 
     def _get_me(self, params: dict[str, str]) -> FakeResponse:
         return _tg_ok(

@@ -137,7 +137,9 @@ class FakeTwilio(LoopbackFake):
             self._record_call(f"{request.method} {request.path}", request)
         message_sid = match.group(2)
         if message_sid is None and request.method == "POST":
-            return self._create(request)
+            response = self._create(request)
+            self._record_attempt(request.get("To"), request.get("Body"), response)
+            return response
         if message_sid is not None and request.method == "GET":
             with self._lock:
                 resource = self._messages.get(message_sid)
