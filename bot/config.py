@@ -102,6 +102,7 @@ class SchedulerConfig:
     grace_minutes: int = 360
     tick_seconds: int = 30
     alert_escalation_minutes: int = 30
+    retention_days: int = 90  # sent/failed/cancelled outbox rows and inbound records
 
 
 @dataclass
@@ -271,6 +272,9 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"[scheduler] {key}: expected HH:MM")
     if cfg.scheduler.silent_parent_days < 1:
         raise ConfigError("[scheduler] silent_parent_days: expected at least 1")
+    for key in ("retention_days", "tick_seconds"):
+        if getattr(cfg.scheduler, key) < 1:
+            raise ConfigError(f"[scheduler] {key}: expected at least 1")
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("[logging] level: expected DEBUG, INFO, WARNING or ERROR")
 
