@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +29,11 @@ from storage.models import (
 
 INVITE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I: read aloud on the phone
 FAMILY_ROLES = ("child", "carer", "parent")
+
+def is_chat_id(value: str) -> bool:
+    """Tell whether value is a Telegram chat id (ASCII digits, optional minus)."""
+    return re.fullmatch(r"-?[0-9]{1,20}", value) is not None
+
 
 
 class ValidationError(ValueError):
@@ -146,7 +152,7 @@ def create_family(session: Session, spec: FamilySpec, *, now: datetime,
                           where=f"{where}.whatsapp")
         if ms.telegram_chat_id:
             chat = str(ms.telegram_chat_id).strip()
-            if not chat.lstrip("-").isdigit():
+            if not is_chat_id(chat):
                 raise ValidationError(f"{where}.telegram_chat_id: expected a number")
             link_identity(session, member, "telegram", chat, now=now,
                           where=f"{where}.telegram_chat_id")
@@ -202,7 +208,7 @@ def create_coordinator(session: Session, *, name: str, village: str, now: dateti
         link_identity(session, member, "whatsapp", f"whatsapp:{number}", now=now,
                       where="whatsapp")
     if telegram_chat_id:
-        if not str(telegram_chat_id).lstrip("-").isdigit():
+        if not is_chat_id(str(telegram_chat_id)):
             raise ValidationError("telegram-chat-id: expected a number")
         link_identity(session, member, "telegram", str(telegram_chat_id), now=now,
                       where="telegram-chat-id")
