@@ -86,6 +86,39 @@ def _parser() -> argparse.ArgumentParser:
     _common(r)
     r.add_argument("--at", required=True, help="ISO 8601 instant, e.g. 2026-12-06T11:00:00Z")
     _common(ssub.add_parser("list", help="show the jobs and what they would send now"))
+
+    p = sub.add_parser("telegram", help="Telegram webhook set-up")
+    _common(p)
+    tsub = p.add_subparsers(dest="tg_command", required=True, metavar="ACTION")
+    _common(tsub.add_parser("set-webhook",
+                            help="register public_url + /webhooks/telegram with the secret"))
+    _common(tsub.add_parser("delete-webhook", help="remove the webhook (before long polling)"))
+    _common(tsub.add_parser("webhook-info", help="show what Telegram knows of the webhook"))
+
+    p = sub.add_parser("broadcast", help="announce to a village and send it, with progress")
+    _common(p)
+    p.add_argument("--village", required=True)
+    p.add_argument("--text", required=True)
+    p.add_argument("--roles", help="comma-separated: child,carer,parent (default: all)")
+    p.add_argument("--age-band", choices=("0-23m", "2-9", "10-17"),
+                   help="only families with a child of this age")
+    p.add_argument("--translation", action="append", default=[], metavar="LANG=TEXT",
+                   help="the text in another language, e.g. en='Meeting at 8' (repeatable)")
+    p.add_argument("--send-at", help="ISO 8601 time to send at (default: now)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="queue it and leave the sending to the running worker")
+
+    p = sub.add_parser("import", help="import families from a CSV file (docs/import.md)")
+    _common(p)
+    p.add_argument("file", help="CSV file, one row a member")
+    p.add_argument("--dry-run", action="store_true", help="check everything, import nothing")
+
+    p = sub.add_parser("export", help="write families or fund requests as CSV")
+    _common(p)
+    p.add_argument("what", choices=("families", "fund-requests"))
+    p.add_argument("--village", help="one village (default: every village)")
+    p.add_argument("--status", help="fund requests of one status only")
+    p.add_argument("--out", help="file to write (default: standard output)")
     return parser
 
 
@@ -184,6 +217,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("Demo members (use `desmigratif chat --as ID` or the web simulator):")
     print("\n".join(lines))
     if token:
+        from bot.demo import DEMO_PASSWORD
+
+        print(f"Dashboard: /dashboard/ as Pak Darto, password {DEMO_PASSWORD}")
         print("Demo coordinator API token:")
         print(token)
     return 0
@@ -354,9 +390,61 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_telegram(args: argparse.Namespace) -> int:
+    """Register, remove or show the Telegram webhook."""
+    config = _config(args)
+    if not config.telegram_enabled:
+        raise CliError("[telegram] token: not set (or DESMIGRATIF_TELEGRAM_TOKEN)")
+    from bot.channels import telegram
+
+    try:
+        if args.tg_command == "set-webhook":
+            if not config.server.public_url.startswith("https://"):
+                raise CliError("[server] public_url: Telegram calls https:// addresses only, "
+                               f"got {config.server.public_url!r}")
+            print(f"Telegram webhook set to {telegram.set_webhook(config)}")
+        elif args.tg_command == "delete-webhook":
+            telegram.delete_webhook(config)
+            print("Telegram webhook deleted")
+        else:
+            for key, value in telegram.webhook_info(config).items():
+                print(f"{key}: {value if value not in (None, '') else '-'}")
+    except CliError:
+        raise
+    except Exception as exc:
+        reason = telegram.describe_error(exc, config)
+        if reason is None:
+            raise
+        raise CliError(reason) from exc
+    return 0
+
+
+def cmd_broadcast(args: argparse.Namespace) -> int:
+    """Announce to a village and send it, with a progress bar (bot/coordinator_cli.py)."""
+    from bot.coordinator_cli import broadcast
+
+    return broadcast(args)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import families from a CSV file, all or nothing (bot/coordinator_cli.py)."""
+    from bot.coordinator_cli import import_file
+
+    return import_file(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write families or fund requests as CSV (bot/coordinator_cli.py)."""
+    from bot.coordinator_cli import export
+
+    return export(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve, "worker": cmd_worker, "db": cmd_db, "coordinator": cmd_coordinator,
     "demo": cmd_demo, "chat": cmd_chat, "scheduler": cmd_scheduler,
+    "broadcast": cmd_broadcast, "import": cmd_import, "export": cmd_export,
+    "telegram": cmd_telegram,
 }
 
 

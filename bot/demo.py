@@ -8,10 +8,13 @@ from sqlmodel import Session, select
 
 from bot.channels.simulator import address_for
 from bot.config import Config
+from bot.web.passwords import hash_password
 from storage.models import Member, Village
 from storage.repo import FamilySpec, MemberSpec, create_coordinator, create_family, link_identity
 
 DEMO_VILLAGE = "Kenanga"
+# Printed by `desmigratif demo`: only for the demo database, never for real coordinators.
+DEMO_PASSWORD = "kenanga-demo"  # noqa: S105
 
 
 def seed_demo(session: Session, config: Config, now: datetime) -> tuple[list[Member], str | None]:
@@ -32,7 +35,7 @@ def seed_demo(session: Session, config: Config, now: datetime) -> tuple[list[Mem
     _family, members = create_family(session, spec, now=now, languages=config.bot.languages,
                                      actor="demo")
     coordinator, token = create_coordinator(session, name="Pak Darto", village=DEMO_VILLAGE,
-                                            now=now)
+                                            now=now, password_hash=hash_password(DEMO_PASSWORD))
     coord_member = session.get(Member, coordinator.member_id)
     if coord_member is not None:
         members.append(coord_member)

@@ -21,8 +21,10 @@ from typing import Any
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
+from bot import outbox as outbox_module
 from bot.config import Config
 from bot.i18n import N_
 from bot.messages import Inbound, Outbound, Part, Raw, Text, t
@@ -48,6 +50,10 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u2028-\u202e\u20
 _INSERT_INBOUND = insert(InboundLog).returning(col(InboundLog.id))
 _UPDATE_INBOUND = (update(InboundLog).where(col(InboundLog.id) == bindparam("rid"))
                    .values(outcome=bindparam("outcome"), member_id=bindparam("member_id")))
+_TOUCH_IDENTITY = (update(ChannelIdentity).where(col(ChannelIdentity.id) == bindparam("iid"))
+                   .values(last_inbound_at=bindparam("now")))
+_TOUCH_MEMBER = (update(Member).where(col(Member.id) == bindparam("mid"))
+                 .values(last_inbound_at=bindparam("now")))
 _FIND_SENDER = (
     select(ChannelIdentity, Member, Family, ConversationState)
     .join(Member, col(Member.id) == ChannelIdentity.member_id)
@@ -188,7 +194,7 @@ class Engine:
         # (on PostgreSQL a concurrent duplicate waits for the first one's commit, then fails).
         try:
             # No savepoint needed: a duplicate ends the whole transaction anyway.
-            record_id = session.execute(_INSERT_INBOUND, {
+            record_id = session.connection().execute(_INSERT_INBOUND, {
                 "channel": inbound.channel, "external_id": inbound.external_id[:80],
                 "kind": inbound.kind, "outcome": "", "received_at": now}).scalar_one()
         except IntegrityError as exc:
@@ -203,10 +209,19 @@ class Engine:
                       text=text, now=now, _family=family, identity=identity)
         ctx.state_row = state
         if identity is not None and member is not None:
-            identity.last_inbound_at = now
+            # Last-seen times drive the WhatsApp window and silent-parent alerts. Written
+            # with two prepared UPDATEs (the ORM's unit of work costs more than the writes)
+            # and set as committed values, so the objects stay right without a dirty flush.
+            conn = session.connection()
+            conn.execute(_TOUCH_IDENTITY, {"iid": identity.id, "now": now})
+            conn.execute(_TOUCH_MEMBER, {"mid": member.id, "now": now})
+            set_committed_value(identity, "last_inbound_at", now)
+            set_committed_value(member, "last_inbound_at", now)
             if not identity.reachable:
                 identity.reachable, identity.unreachable_reason = True, None
-            member.last_inbound_at = now
+            hook = getattr(outbox_module, "on_inbound", None)
+            if hook is not None:
+                hook(session, member, identity, now)  # release messages held for this person
             if not member.welcomed:
                 # The first thing anyone hears: an automated service, not an emergency line.
                 member.welcomed = True
@@ -214,7 +229,7 @@ class Engine:
                              "programme. It is not an emergency service: in danger call "
                              "SAPA 129 (WhatsApp 08111-129-129)."))
         outcome = self._dispatch(ctx)
-        session.execute(_UPDATE_INBOUND, {"rid": record_id, "outcome": outcome[:40],
+        session.connection().execute(_UPDATE_INBOUND, {"rid": record_id, "outcome": outcome[:40],
                                           "member_id": member.id if member else None})
         hints = {member.id: identity} if member is not None and identity is not None else None
         outbox = queue_messages(session, ctx.outbox, now=now, config=self.config,
@@ -315,6 +330,8 @@ class Engine:
                     *, keep_if_none: bool = False) -> None:
         if ctx.member is None:
             return
+        if ctx.state_row is None:
+            state = None  # a handler removed it already (erasure)
         if next_ is None:
             if state is not None and not keep_if_none:
                 ctx.session.delete(state)

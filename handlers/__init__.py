@@ -3,4 +3,15 @@
 Adding a feature: one module here, one import line below, its catalog strings, a test.
 """
 
-from handlers import core, fund, news, registration, safety, tips  # noqa: F401
+from handlers import (  # noqa: F401
+    announce,
+    bridge,
+    core,
+    data_rights,
+    fund,
+    news,
+    registration,
+    reminders,
+    safety,
+    tips,
+)

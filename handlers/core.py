@@ -72,7 +72,7 @@ def language(ctx: Context) -> Next | None:
 @registry.command("cancel", "batal", "cancel", global_=True, fuzzy=False, needs_consent=False)
 def cancel(ctx: Context) -> Next | None:
     """Leave the current flow (BATAL with a number cancels a fund request instead)."""
-    if ctx.args.strip().lstrip("#").isdigit() and "fund_cancel" in registry.commands:
+    if ctx.args.strip().lstrip("#").isdecimal() and "fund_cancel" in registry.commands:
         return registry.commands["fund_cancel"].handler(ctx)
     if ctx.flow is None:
         ctx.reply(N_("There is nothing to cancel. Reply MENU to see what you can do."))

@@ -40,8 +40,8 @@ PURPOSES = [
 ]
 PURPOSE_LABEL = {code: label for _, code, label in PURPOSES}
 STATUS_LABEL = {
-    "pending": N_("waiting for an answer"), "pledged": N_("a parent will send it"),
-    "approved": N_("approved by the coordinator"), "rejected": N_("not possible"),
+    "pending": N_("waiting for an answer"), "pledged": N_("promised by a parent"),
+    "approved": N_("approved by the coordinator"), "rejected": N_("declined"),
     "paid": N_("paid"), "cancelled": N_("cancelled"),
 }
 # Who may move a request from one status to another.
@@ -96,7 +96,7 @@ def step_child(ctx: Context) -> Next | None:
     """Take the child's number."""
     ids: list[int] = ctx.data["children"]
     choice = ctx.text.strip().rstrip(".")
-    if choice.isdigit() and 1 <= int(choice) <= len(ids):
+    if choice.isdecimal() and 1 <= int(choice) <= len(ids):
         return _ask_purpose(ctx, {"child_id": ids[int(choice) - 1]})
     children = [ctx.session.get(Member, i) for i in ids]
     by_name = [c for c in children if c and c.name.lower() == choice.lower()]
@@ -119,7 +119,7 @@ def step_purpose(ctx: Context) -> Next | None:
     text = ctx.text.strip()
     chosen = next((code for n, code, _ in PURPOSES if text.rstrip(".") == n), None)
     if chosen is None:
-        if len(text) < 3 or text.isdigit():
+        if len(text) < 3 or text.isdecimal():
             ctx.reply(N_("Please reply with a number from 1 to 6, or describe what the money "
                          "is for."))
             return Next("purpose", ctx.data)
@@ -288,7 +288,7 @@ def _request_for(ctx: Context) -> tuple[FundRequest | None, str]:
     words = ctx.args.split(maxsplit=1)
     rest = words[1] if len(words) > 1 else ""
     ident = words[0].lstrip("#") if words else ""
-    if not ident.isdigit():
+    if not ident.isdecimal():
         ctx.reply(N_("Which request? Write the number too, for example: {example}"),
                   example=Raw(f"{(ctx.command.keywords[0] if ctx.command else 'dana').upper()} 12"))
         return None, rest

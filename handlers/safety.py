@@ -140,7 +140,7 @@ def retract(ctx: Context) -> Next | None:
 def ack(ctx: Context) -> Next | None:
     """A coordinator takes an alert in hand."""
     ident = ctx.args.strip().lstrip("#").split(" ")[0]
-    alert = ctx.session.get(Alert, int(ident)) if ident.isdigit() else None
+    alert = ctx.session.get(Alert, int(ident)) if ident.isdecimal() else None
     coord = ctx.session.exec(select(Coordinator).where(Coordinator.member_id == ctx.m.id)).first()
     if alert is None or coord is None or not _in_scope(ctx.session, coord, alert.village_id):
         ctx.reply(N_("I could not find alert #{id}."), id=ident or "?")

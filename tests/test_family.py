@@ -9,7 +9,7 @@ from sqlmodel import col, select
 from bot.content import age_band, load_default
 from handlers.fund import decide
 from storage.db import session_scope
-from storage.models import Alert, AuditLog, FundRequest, Relay, TipSeen
+from storage.models import Alert, AuditLog, FundRequest, Outbox, Relay, TipSeen
 from storage.repo import MemberSpec
 from tests.conftest import Demo
 
@@ -293,3 +293,53 @@ def test_extra_child_in_family(make_family: Callable[..., Demo]) -> None:
     _ready(demo, "Rina")
     demo.say("Rina", "KABAR halo anak-anak")
     assert "Bayu" in demo.say("Rina", "KABAR lagi")[-1]
+
+
+# --- data rights ---------------------------------------------------------------------------
+
+
+def test_data_shows_what_is_stored(make_family: Callable[..., Demo]) -> None:
+    demo = make_family()
+    _ready(demo, "Rina")
+    reply = demo.say("Rina", "DATA")[-1]
+    assert "Rina" in reply and "Asia/Hong_Kong" in reply and "HAPUS" in reply
+
+
+def test_hapus_erases_the_member(make_family: Callable[..., Demo]) -> None:
+    from storage.models import ChannelIdentity, Member
+
+    demo = make_family()
+    _ready(demo, "Rina", "Warsini")
+    demo.say("Rina", "KABAR halo")
+    assert "1" in demo.say("Rina", "HAPUS")[-1]
+    demo.say("Rina", "BATAL")
+    with session_scope(demo.db) as session:
+        assert session.get(Member, demo.ids["Rina"]) is not None
+    demo.say("Rina", "HAPUS")
+    assert demo.say("Rina", "1") == []  # the goodbye goes to the chat address: see below
+    with session_scope(demo.db) as session:
+        assert session.get(Member, demo.ids["Rina"]) is None
+        assert session.exec(select(ChannelIdentity).where(
+            ChannelIdentity.member_id == demo.ids["Rina"])).first() is None
+        goodbye = session.exec(select(Outbox).where(
+            Outbox.address == f"sim-{demo.ids['Rina']}").order_by(col(Outbox.id).desc())).first()
+        assert goodbye is not None and goodbye.member_id is None
+        assert session.exec(select(AuditLog).where(AuditLog.action == "member.erase")).first()
+    # The chat is no longer linked.
+    assert "DAFTAR" in demo.say("x", "MENU", address=f"sim-{demo.ids['Rina']}")[-1]
+
+
+def test_guardian_withdraws_consent_and_children_are_erased(make_family: Callable[..., Demo]
+                                                             ) -> None:
+    from storage.models import Family, Member
+
+    demo = make_family()
+    _ready(demo, "Warsini", "Dimas")
+    demo.say("Warsini", "HAPUS")
+    assert "2" in demo.say("Warsini", "2")[-1]
+    with session_scope(demo.db) as session:
+        assert session.get(Member, demo.ids["Dimas"]) is None
+        assert session.get(Member, demo.ids["Sari"]) is None
+        fam = session.exec(select(Family)).first()
+        assert fam is not None and fam.consent_status == "withdrawn"
+        assert session.get(Member, demo.ids["Warsini"]) is not None
