@@ -36,6 +36,9 @@ content-check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/sender.py
+	$(BIN)/python bench/scheduler.py
+	$(BIN)/python bench/coordinators.py
 
 ## Catalogs: extract msgids from the code, merge them into each language, compile .mo files.
 extract: $(STAMP)

@@ -13,6 +13,7 @@ from sqlmodel import col, func, select
 from bot.engine import Context, Next
 from bot.i18n import N_
 from bot.messages import Raw, t
+from bot.outbox import quiet_until
 from bot.router import Flow, registry
 from storage.models import Member, Outbox, Relay
 from storage.repo import family_members
@@ -57,6 +58,11 @@ def relay(ctx: Context, text: str) -> None:
                           from_role=member.role, text=text, recipients=len(people), at=ctx.now))
     names = ", ".join(p.name for p in people)
     ctx.reply(N_("Sent to {names}. Reply MENU to see what else you can do."), names=Raw(names))
+    asleep = [p.name for p in people if quiet_until(p.timezone, ctx.now, ctx.config)]
+    if asleep:
+        # Quiet hours hold news until morning where they live: say so, or it looks lost.
+        ctx.reply(N_("It is night where {names} live(s): it will arrive in their morning."),
+                  names=Raw(", ".join(asleep)))
 
 
 @registry.command("news", "kabar", "news", "pesan", roles=FAMILY,

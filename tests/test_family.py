@@ -343,3 +343,16 @@ def test_guardian_withdraws_consent_and_children_are_erased(make_family: Callabl
         fam = session.exec(select(Family)).first()
         assert fam is not None and fam.consent_status == "withdrawn"
         assert session.get(Member, demo.ids["Warsini"]) is not None
+
+
+def test_news_at_night_says_when_it_arrives(make_family: Callable[..., Demo]) -> None:
+    from datetime import timedelta
+
+    demo = make_family()
+    _ready(demo, "Rina")
+    demo.clock.now = demo.clock.now.replace(hour=17)  # 00:00 in Jakarta, 01:00 in Hong Kong
+    replies = demo.say("Rina", "KABAR selamat tidur")
+    assert "Warsini" in replies[-1] and "pagi" in replies[-1]
+    relay = [r for r in demo.inbox("Warsini") if r.kind == "relay"][0]
+    # 07:00 in Jakarta the next morning is 00:00 UTC.
+    assert relay.next_attempt_at == demo.clock.now.replace(hour=0, minute=0) + timedelta(days=1)
