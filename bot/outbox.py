@@ -33,7 +33,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, bindparam, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -329,7 +329,20 @@ def on_inbound(session: Session, member: Member | None, identity: ChannelIdentit
     """
     if member is None or identity is None or member.id is None:
         return 0
+    # Almost always nothing waits: a prepared one-row probe costs far less than the ORM
+    # query below, and this runs on every inbound message.
+    if session.connection().execute(_WAITING_PROBE, {"mid": member.id}).first() is None:
+        return 0
     return release_held(session, member.id, identity, now)
+
+
+_WAITING_PROBE = (
+    select(col(Outbox.id))
+    .where(col(Outbox.member_id) == bindparam("mid"),
+           or_(col(Outbox.status) == "held",
+               and_(col(Outbox.kind) == "nudge", col(Outbox.status) == "queued")))
+    .limit(1)
+)
 
 
 def hold_address(session: Session, channel: str, address: str, reason: str) -> int:
