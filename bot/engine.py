@@ -24,11 +24,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
-from bot import outbox as outbox_module
 from bot.config import Config
 from bot.i18n import N_
-from bot.messages import Inbound, Outbound, Part, Raw, Text, t
-from bot.outbox import queue_messages
+from bot.messages import Inbound, Outbound, Part, Text, t
+from bot.outbox import on_inbound, queue_messages
 from bot.privacy import mask_phone
 from bot.router import Command, Match, Registry, registry
 from storage.db import session_scope
@@ -219,9 +218,7 @@ class Engine:
             set_committed_value(member, "last_inbound_at", now)
             if not identity.reachable:
                 identity.reachable, identity.unreachable_reason = True, None
-            hook = getattr(outbox_module, "on_inbound", None)
-            if hook is not None:
-                hook(session, member, identity, now)  # release messages held for this person
+            on_inbound(session, member, identity, now)  # release what was held for them
             if not member.welcomed:
                 # The first thing anyone hears: an automated service, not an emergency line.
                 member.welcomed = True
@@ -384,8 +381,3 @@ class _Duplicate(Exception):
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def raw(text: str) -> Raw:
-    """Wrap a person's own words so they are shown as they are."""
-    return Raw(text)

@@ -205,14 +205,12 @@ def fund_due_reminders(session: Session, now: datetime, config: Config) -> list[
 def build_weekly_tip(session: Session, member: Member, now: datetime,
                      config: Config) -> list[Outbound]:
     """Send the weekly tip to a member who opted in."""
-    from handlers.tips import pick_tip_for
+    from handlers.tips import pick_tip_for, tip_parts
 
     tip = pick_tip_for(session, member, now)
     if tip is None:
         return []
-    return [Outbound([t(N_("Tip: {title}"), title=Raw(tip.theme_title)), Raw(tip.text),
-                      t(N_("Reply TIPS for another tip, or MENU."))],
-                     member_id=member.id, kind="tip", template="tip")]
+    return [Outbound(tip_parts(tip), member_id=member.id, kind="tip", template="tip")]
 
 
 reminder_kind(ReminderKind(

@@ -12,7 +12,7 @@ schools may not charge mandatory fees (BOS), and PIP pays eligible pupils every 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlmodel import Session, col, select
 
@@ -22,8 +22,13 @@ from bot.i18n import N_
 from bot.messages import Money, Outbound, Part, Raw, Text, t
 from bot.router import Flow, registry
 from handlers.parsing import normalise_yes_no, parse_amount_detail, parse_due_date
-from storage.models import AuditLog, Coordinator, FundRequest, Member
-from storage.repo import family_members, village_coordinator_members
+from storage.models import AuditLog, FundRequest, Member
+from storage.repo import (
+    coordinator_for_member,
+    coordinator_village_ids,
+    family_members,
+    village_coordinator_members,
+)
 
 KEYWORD_ALIASES = (N_("keywords:fund"), N_("keywords:fund_pledge"), N_("keywords:fund_decline"),
                    N_("keywords:fund_approve"), N_("keywords:fund_reject"),
@@ -180,8 +185,6 @@ def _summary(ctx: Context, data: dict[str, object]) -> None:
 def _due_part(due: object) -> Part:
     if not due:
         return Raw("")
-    from datetime import date
-
     return t(N_(", needed by {date}"), date=date.fromisoformat(str(due)))
 
 
@@ -194,8 +197,6 @@ def step_confirm(ctx: Context) -> Next | None:
     if not answer:
         ctx.reply(N_("Cancelled. Nothing was sent. Reply MENU to see what you can do."))
         return None
-    from datetime import date
-
     member = ctx.m
     due = ctx.data.get("due")
     request = FundRequest(family_id=member.family_id or 0, village_id=member.village_id,
@@ -304,15 +305,8 @@ def _request_for(ctx: Context) -> tuple[FundRequest | None, str]:
 
 
 def _coordinator_can_see(session: Session, member: Member, request: FundRequest) -> bool:
-    coord = session.exec(select(Coordinator).where(Coordinator.member_id == member.id)).first()
-    if coord is None:
-        return False
-    if coord.level == "district":
-        from storage.models import Village
-
-        village = session.get(Village, request.village_id)
-        return village is not None and village.district == coord.district
-    return coord.village_id == request.village_id
+    coord = coordinator_for_member(session, member.id)
+    return coord is not None and request.village_id in coordinator_village_ids(session, coord)
 
 
 def _change(ctx: Context, status: str, *, reason_required: bool = False,

@@ -23,7 +23,11 @@ from bot.i18n import N_
 from bot.messages import Outbound, Raw, t
 from bot.router import registry
 from storage.models import Alert, AuditLog, Coordinator, Member, Village
-from storage.repo import village_coordinator_members
+from storage.repo import (
+    coordinator_for_member,
+    coordinator_village_ids,
+    village_coordinator_members,
+)
 
 KEYWORD_ALIASES = (N_("keywords:sos"), N_("keywords:retract"), N_("keywords:ack"))
 RETRACT_WINDOW = timedelta(hours=1)
@@ -38,6 +42,14 @@ def _where_to_reach(ctx: Context) -> str:
     if identity.channel == "telegram":
         return f"Telegram chat {identity.address}"
     return f"{identity.channel} {identity.address}"
+
+
+def _recent_open_alert(ctx: Context) -> Alert | None:
+    """Return the member's open alert of the last ten minutes (pressed twice: no flood)."""
+    return ctx.session.exec(
+        select(Alert).where(Alert.member_id == ctx.m.id, Alert.status == "open",
+                            col(Alert.created_at) > ctx.now - timedelta(minutes=10))
+    ).first()
 
 
 def raise_alert(ctx: Context, *, kind: str, category: str = "") -> Alert:
@@ -70,11 +82,7 @@ def raise_alert(ctx: Context, *, kind: str, category: str = "") -> Alert:
                                 "you"), menu_order=5)
 def sos(ctx: Context) -> Next | None:
     """Alert the village coordinators at once."""
-    recent = ctx.session.exec(
-        select(Alert).where(Alert.member_id == ctx.m.id, Alert.status == "open",
-                            col(Alert.created_at) > ctx.now - timedelta(minutes=10))
-    ).first()
-    if recent is not None:
+    if _recent_open_alert(ctx) is not None:
         # Pressed twice: answer again, but don't flood the coordinators.
         ctx.reply(N_("Your village coordinator already knows and will contact you soon. If "
                      "you are in danger now, call SAPA 129 or WhatsApp 08111-129-129."))
@@ -94,11 +102,7 @@ def safeguarding_check(ctx: Context) -> Handled | None:
     hit = load_default_lexicon().match(ctx.text)
     if hit is None:
         return None
-    recent = ctx.session.exec(
-        select(Alert).where(Alert.member_id == member.id, Alert.status == "open",
-                            col(Alert.created_at) > ctx.now - timedelta(minutes=10))
-    ).first()
-    if recent is None:
+    if _recent_open_alert(ctx) is None:
         raise_alert(ctx, kind="word", category=hit.category)
     else:
         ctx.reply(N_("Your village coordinator already knows and will contact you soon. If "
@@ -141,21 +145,15 @@ def ack(ctx: Context) -> Next | None:
     """A coordinator takes an alert in hand."""
     ident = ctx.args.strip().lstrip("#").split(" ")[0]
     alert = ctx.session.get(Alert, int(ident)) if ident.isdecimal() else None
-    coord = ctx.session.exec(select(Coordinator).where(Coordinator.member_id == ctx.m.id)).first()
-    if alert is None or coord is None or not _in_scope(ctx.session, coord, alert.village_id):
+    coord = coordinator_for_member(ctx.session, ctx.m.id)
+    if alert is None or coord is None or \
+            alert.village_id not in coordinator_village_ids(ctx.session, coord):
         ctx.reply(N_("I could not find alert #{id}."), id=ident or "?")
         return None
     if alert.status == "open":
         acknowledge(ctx.session, alert, coord, ctx.now)
     ctx.reply(N_("Alert #{id} is marked as in hand. Thank you."), id=alert.id)
     return None
-
-
-def _in_scope(session: Session, coord: Coordinator, village_id: int) -> bool:
-    if coord.level == "district":
-        village = session.get(Village, village_id)
-        return village is not None and village.district == coord.district
-    return coord.village_id == village_id
 
 
 def acknowledge(session: Session, alert: Alert, coord: Coordinator, now: datetime) -> None:

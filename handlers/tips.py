@@ -14,7 +14,7 @@ from sqlmodel import Session, col, delete, select
 from bot.content import Audience, Tip, TipLibrary, age_band, load_default
 from bot.engine import Context, Next
 from bot.i18n import N_
-from bot.messages import Raw, t
+from bot.messages import Part, Raw, t
 from bot.router import registry
 from storage.models import Member, TipSeen, Village
 from storage.repo import family_members
@@ -58,9 +58,11 @@ def tips(ctx: Context) -> Next | None:
     if tip is None:
         ctx.reply(N_("There are no tips in your language yet. Reply MENU to see what you can do."))
         return None
-    ctx.reply_parts([
-        t(N_("Tip: {title}"), title=Raw(tip.theme_title)),
-        Raw(tip.text),
-        t(N_("Reply TIPS for another tip, or MENU.")),
-    ])
+    ctx.reply_parts(tip_parts(tip))
     return None
+
+
+def tip_parts(tip: Tip) -> list[Part]:
+    """Return a tip as the message people read (TIPS and the weekly tip)."""
+    return [t(N_("Tip: {title}"), title=Raw(tip.theme_title)), Raw(tip.text),
+            t(N_("Reply TIPS for another tip, or MENU."))]

@@ -233,6 +233,22 @@ def coordinator_by_token(session: Session, token: str) -> Coordinator | None:
     ).first()
 
 
+def coordinator_for_member(session: Session, member_id: int | None) -> Coordinator | None:
+    """Return the coordinator record behind a chat member, if any."""
+    if member_id is None:
+        return None
+    return session.exec(select(Coordinator).where(Coordinator.member_id == member_id)).first()
+
+
+def coordinator_village_ids(session: Session, coord: Coordinator) -> frozenset[int]:
+    """Return the villages a coordinator may see: theirs, or their district's."""
+    ids = {coord.village_id}
+    if coord.level == "district" and coord.district:
+        ids.update(i for i in session.exec(
+            select(Village.id).where(Village.district == coord.district)).all() if i is not None)
+    return frozenset(ids)
+
+
 def village_coordinator_members(session: Session, village_id: int) -> list[Member]:
     """Return the chat members of a village's coordinators."""
     ids = session.exec(

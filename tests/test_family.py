@@ -157,7 +157,10 @@ def test_requester_cancels_and_other_village_coordinator_cannot_see(
     other = make_family(village="Kuripan")
     _ready(other, "Darto")
     demo.ids["Darto2"] = other.ids["Darto"]
-    demo.say("Darto2", f"SETUJU {rid}")
+    assert f"#{rid}" in demo.say("Darto2", f"SETUJU {rid}")[-1]  # "could not find"
+    with session_scope(demo.db) as session:
+        request = session.get(FundRequest, rid)
+        assert request is not None and request.status == "pending"
     demo.say("Warsini", f"BATAL {rid}")
     with session_scope(demo.db) as session:
         request = session.get(FundRequest, rid)

@@ -36,7 +36,7 @@ from bot.config import Config, sqlite_path
 from bot.i18n import N_
 from bot.web.passwords import check_password, hash_password
 from storage.models import Coordinator, LoginAttempt, Village
-from storage.repo import coordinator_by_token, hash_token
+from storage.repo import coordinator_by_token, coordinator_village_ids, hash_token
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +75,10 @@ class Scope:
 
 def scope_for(session: Session, coord: Coordinator) -> Scope:
     """Return the villages a coordinator may see."""
-    ids = {coord.village_id}
-    if coord.level == "district" and coord.district:
-        ids.update(i for i in session.exec(
-            select(Village.id).where(Village.district == coord.district)).all() if i is not None)
+    ids = coordinator_village_ids(session, coord)
     return Scope(coordinator_id=coord.id or 0, member_id=coord.member_id, name=coord.name,
                  level=coord.level, district=coord.district, home_village_id=coord.village_id,
-                 village_ids=frozenset(ids))
+                 village_ids=ids)
 
 
 def scoped_villages(session: Session, scope: Scope) -> list[Village]:
