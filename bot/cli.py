@@ -9,19 +9,24 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from bot.config import Config, ConfigError, load_config
 from storage.db import SchemaError
 
 log = logging.getLogger("desmigratif")
+# Set by `serve` for the worker it starts: the worker stops when that process is gone.
+PARENT_ENV = "DESMIGRATIF_SERVE_PID"
 
 
 class CliError(Exception):
@@ -50,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="scheduler and outbound sender, no HTTP")
     _common(p)
     p.add_argument("--no-scheduler", action="store_true")
+
+    p = sub.add_parser("status", help="outbox, deliveries, alerts and scheduler at a glance")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("db", help="database schema")
     _common(p)
@@ -127,12 +136,10 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _setup_logging(config: Config) -> None:
-    level = getattr(logging, config.logging.level.upper(), logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    # Twilio logs every request, numbers included, at INFO.
-    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from bot.logs import setup_logging
+
+    # Text or JSON lines ([logging] json), phone numbers masked either way (bot/logs.py).
+    setup_logging(config.logging.level, json_lines=config.logging.json)
 
 
 def _db(config: Config, *, create_if_empty: bool = True) -> Any:
@@ -292,7 +299,13 @@ def _run_worker(config: Config, *, scheduler: bool, stop: threading.Event) -> No
             sched.start()
     thread = threading.Thread(target=sender.run_forever, name="sender", daemon=True)
     thread.start()
-    stop.wait()
+    parent = os.environ.get(PARENT_ENV, "")
+    while not stop.wait(1.0):
+        # Started by `serve`: when serve is gone (even killed with SIGKILL, which runs
+        # no clean-up), stop too, rather than send on beside the next serve.
+        if parent.isdecimal() and os.getppid() != int(parent):
+            log.warning("serve (pid %s) is gone: the worker stops", parent)
+            break
     sender.stop()
     if sched is not None:
         sched.shutdown()
@@ -303,6 +316,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run the sender (and the scheduler) until SIGTERM or SIGINT."""
     config = _config(args)
     _setup_logging(config)
+    # Started by `serve` (or beside one, given the same PROMETHEUS_MULTIPROC_DIR), the
+    # counters go to the shared directory, for serve's /metrics; never cleaned here, since
+    # the processes sharing it still write there. Without it they stay in this process.
+    _metrics_dir(create=False, clean=False)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -310,10 +327,68 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _metrics_dir(*, create: bool, clean: bool) -> tuple[str | None, bool]:
+    """Prepare prometheus-client's multiprocess directory; return (path, made here).
+
+    Must run before anything imports prometheus_client, which reads the variable once at
+    import: the children (gunicorn workers after the fork, the worker subprocess through
+    its environment) then all write their counters there. A PROMETHEUS_MULTIPROC_DIR
+    already set is used as it is; otherwise, with `create`, a fresh temporary directory.
+    `clean` removes the files of processes that no longer run (a previous run's), and
+    keeps those of live ones (a separate `worker` sharing the directory).
+    """
+    given = os.environ.get(METRICS_DIR_ENV)
+    if not given:
+        if not create:
+            return None, False
+        # The directory of a serve killed without its on_exit (SIGKILL) stays behind: its
+        # name holds the pid, so the next serve can remove it once that process is gone.
+        for stale in Path(tempfile.gettempdir()).glob("desmigratif-metrics-*-*"):
+            pid = stale.name.split("-")[2]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        path = tempfile.mkdtemp(prefix=f"desmigratif-metrics-{os.getpid()}-")
+        os.environ[METRICS_DIR_ENV] = path
+        return path, True
+    try:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        if clean:
+            for f in Path(given).glob("*.db"):
+                pid = f.stem.rsplit("_", 1)[-1]
+                if not pid.isdigit() or not _pid_alive(int(pid)):
+                    f.unlink(missing_ok=True)
+    except OSError as exc:
+        # Counting into a directory that cannot be written would fail every process.
+        log.warning("%s=%s cannot be used (%s): metrics stay in each process", METRICS_DIR_ENV,
+                    given, exc)
+        os.environ.pop(METRICS_DIR_ENV, None)
+        return None, False
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None and not getattr(values.ValueClass, "_multiprocess", False):
+        log.warning("prometheus_client was imported before %s was set: this process's "
+                    "metrics will be missing from /metrics", METRICS_DIR_ENV)
+    return given, False
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve HTTP with gunicorn and run a worker process beside it."""
     from gunicorn.app.base import BaseApplication
 
+    # First of all: before anything imports prometheus_client (see _metrics_dir).
+    metrics_dir, made_dir = _metrics_dir(create=True, clean=True)
     config = _config(args)
     _setup_logging(config)
     _db(config)  # refuse an old schema before binding the port
@@ -329,13 +404,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     class App(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
+            from bot.logs import gunicorn_logger_class
+
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("worker_class", "sync")
             self.cfg.set("timeout", 60)
             self.cfg.set("graceful_timeout", 20)
             self.cfg.set("accesslog", None)
+            # gunicorn 27 opens a control socket at one fixed path per user: two serves
+            # on a machine would take each other's. Nothing here uses it.
+            self.cfg.set("control_socket_disable", True)
+            # Gunicorn's own log in the app's format (JSON lines when configured).
+            self.cfg.set("logger_class", gunicorn_logger_class())
+            self.cfg.set("loglevel", config.logging.level.lower())
             self.cfg.set("when_ready", _when_ready)
+            self.cfg.set("child_exit", _child_exit)
             self.cfg.set("on_exit", _on_exit)
 
         def load(self) -> Any:
@@ -345,13 +429,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return create_app(config)
 
     def _when_ready(_server: Any) -> None:
-        children.append(subprocess.Popen(worker_cmd))
+        children.append(subprocess.Popen(worker_cmd,
+                                         env={**os.environ, PARENT_ENV: str(os.getpid())}))
         if args.telegram_polling:
             children.append(subprocess.Popen(
                 [sys.executable, "-m", "bot.channels.polling"]
                 + (["--config", args.config_path] if getattr(args, "config_path", None) else [])))
-        print(f"desmigratif serving on http://{host}:{port} "
-              f"(simulator: http://{host}:{port}/simulator/)", file=sys.stderr, flush=True)
+        ready = (f"desmigratif serving on http://{host}:{port} "
+                 f"(simulator: http://{host}:{port}/simulator/)")
+        if config.logging.json:
+            log.info(ready)  # every line of stderr stays one JSON object
+        else:
+            print(ready, file=sys.stderr, flush=True)
+
+    def _mark_dead(pid: int) -> None:
+        if metrics_dir is not None:
+            from prometheus_client import multiprocess
+
+            # Drops the live gauges of a process that ended; its counters stay counted.
+            multiprocess.mark_process_dead(pid, metrics_dir)
+
+    def _child_exit(_server: Any, worker: Any) -> None:
+        _mark_dead(worker.pid)
 
     def _on_exit(_server: Any) -> None:
         for child in children:
@@ -361,8 +460,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 child.kill()
+                child.wait(timeout=5)
+            _mark_dead(child.pid)
+        if made_dir and metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
     App().run()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the outbox, deliveries, alerts and scheduler, read from the database.
+
+    Works whether or not `serve` runs: everything comes from the database. Exit 1 with
+    the reason when the database does not answer.
+    """
+    import json
+
+    from bot.metrics import DatabaseUnavailable, format_status, reader_for, status_snapshot
+
+    config = _config(args)
+    try:
+        # Its own connection, reading only; the 24-hour counts may take a while on a big
+        # outbox (sent_at has no index), so a longer query timeout than a scrape's.
+        db = reader_for(config.database.url, query_timeout_ms=60_000)
+        try:
+            snapshot = status_snapshot(db, _now())
+        finally:
+            db.dispose()
+    except DatabaseUnavailable as exc:
+        print(f"desmigratif: the database does not answer: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(snapshot) if args.json else format_status(snapshot))
     return 0
 
 
@@ -441,7 +570,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "serve": cmd_serve, "worker": cmd_worker, "db": cmd_db, "coordinator": cmd_coordinator,
+    "serve": cmd_serve, "worker": cmd_worker, "status": cmd_status, "db": cmd_db,
+    "coordinator": cmd_coordinator,
     "demo": cmd_demo, "chat": cmd_chat, "scheduler": cmd_scheduler,
     "broadcast": cmd_broadcast, "import": cmd_import, "export": cmd_export,
     "telegram": cmd_telegram,

@@ -38,6 +38,7 @@ class ServerConfig:
     simulator: bool = True
     secret_key: str = ""
     behind_proxy: bool = False
+    metrics: bool = True  # GET /metrics (Prometheus); unauthenticated, keep it internal
 
 
 @dataclass

@@ -862,6 +862,7 @@ class SafeguardingLexicon:
 
     def __init__(self, files: Sequence[SafeguardingFile]) -> None:
         self.alias_conflicts: list[tuple[str, str, str]] = []
+        self._recent: dict[str, SafeguardingHit | None] = {}
         self._aliases: dict[str, tuple[str, ...]] = {}
         for sg_file in files:
             for key, value in sg_file.aliases.items():
@@ -944,6 +945,21 @@ class SafeguardingLexicon:
 
     def match(self, text: str) -> SafeguardingHit | None:
         """Return the most urgent risky phrase in a message, or None."""
+        # Every message is checked, and most are the same few words (MENU, YA, 1): a
+        # small cache of recent answers spares the tokenising. The lexicon never changes
+        # after loading, so an answer stays right.
+        try:
+            return self._recent[text]
+        except KeyError:
+            pass
+        hit = self._match(text)
+        if len(text) <= 64:
+            if len(self._recent) >= 2048:
+                self._recent.clear()
+            self._recent[text] = hit
+        return hit
+
+    def _match(self, text: str) -> SafeguardingHit | None:
         toks: list[str | None] = list(self.tokens(text))
         for start, end, _ in self._harmless.find(toks):
             for j in range(start, end):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, exists, insert, or_, update
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 from bot.config import Config
 from bot.i18n import N_
 from bot.messages import Inbound, Outbound, Part, Text, t
-from bot.outbox import on_inbound, queue_messages
+from bot.outbox import queue_messages, release_held
 from bot.privacy import mask_phone
 from bot.router import Command, Match, Registry, registry
 from storage.db import session_scope
@@ -38,23 +38,31 @@ from storage.models import (
     Family,
     InboundLog,
     Member,
+    Outbox,
 )
 
 log = logging.getLogger(__name__)
 
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+# Control characters, invisible direction marks, and lone surrogates (no database can
+# store one; a channel that lets one through must not crash the message).
+_CONTROL_RE = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
 
 
 # Built once: constructing statements costs more than running them on SQLite.
-_INSERT_INBOUND = insert(InboundLog).returning(col(InboundLog.id))
-_UPDATE_INBOUND = (update(InboundLog).where(col(InboundLog.id) == bindparam("rid"))
-                   .values(outcome=bindparam("outcome"), member_id=bindparam("member_id")))
+_INSERT_INBOUND = insert(InboundLog)
 _TOUCH_IDENTITY = (update(ChannelIdentity).where(col(ChannelIdentity.id) == bindparam("iid"))
                    .values(last_inbound_at=bindparam("now")))
 _TOUCH_MEMBER = (update(Member).where(col(Member.id) == bindparam("mid"))
                  .values(last_inbound_at=bindparam("now")))
+# Held messages, or an unsent nudge. Written as "status IN (...)" first so the index on
+# (member_id, status) narrows it to the member's few unfinished rows, not all of theirs.
+_WAITING = exists().where(col(Outbox.member_id) == Member.id,
+                          col(Outbox.status).in_(("held", "queued")),
+                          or_(col(Outbox.status) == "held", col(Outbox.kind) == "nudge"))
 _FIND_SENDER = (
     select(ChannelIdentity, Member, Family, ConversationState)
+    .add_columns(_WAITING.label("waiting"))
     .join(Member, col(Member.id) == ChannelIdentity.member_id)
     .outerjoin(Family, col(Family.id) == Member.family_id)
     .outerjoin(ConversationState, col(ConversationState.member_id) == Member.id)
@@ -189,20 +197,12 @@ class Engine:
     # --- the steps --------------------------------------------------------------------
 
     def _handle(self, session: Session, inbound: Inbound, now: datetime) -> HandleResult:
-        # Record the platform's id first: a redelivery fails here, before any side effect
-        # (on PostgreSQL a concurrent duplicate waits for the first one's commit, then fails).
-        try:
-            # No savepoint needed: a duplicate ends the whole transaction anyway.
-            record_id = session.connection().execute(_INSERT_INBOUND, {
-                "channel": inbound.channel, "external_id": inbound.external_id[:80],
-                "kind": inbound.kind, "outcome": "", "received_at": now}).scalar_one()
-        except IntegrityError as exc:
-            raise _Duplicate from exc
-
-        # One query for everything the routing needs: who, their family, their flow.
+        conn = session.connection()
+        # One query for everything the routing needs: who, their family, their flow, and
+        # whether messages wait for them (held until they wrote).
         found = session.exec(_FIND_SENDER, params={"channel": inbound.channel,  # type: ignore[call-overload]
                                                     "address": inbound.address}).first()
-        identity, member, family, state = found if found else (None, None, None, None)
+        identity, member, family, state, waiting = found if found else (None,) * 5
         text = clean_text(inbound.text)
         ctx = Context(session=session, config=self.config, inbound=inbound, member=member,
                       text=text, now=now, _family=family, identity=identity)
@@ -211,14 +211,14 @@ class Engine:
             # Last-seen times drive the WhatsApp window and silent-parent alerts. Written
             # with two prepared UPDATEs (the ORM's unit of work costs more than the writes)
             # and set as committed values, so the objects stay right without a dirty flush.
-            conn = session.connection()
             conn.execute(_TOUCH_IDENTITY, {"iid": identity.id, "now": now})
             conn.execute(_TOUCH_MEMBER, {"mid": member.id, "now": now})
             set_committed_value(identity, "last_inbound_at", now)
             set_committed_value(member, "last_inbound_at", now)
             if not identity.reachable:
                 identity.reachable, identity.unreachable_reason = True, None
-            on_inbound(session, member, identity, now)  # release what was held for them
+            if waiting and member.id is not None:
+                release_held(session, member.id, identity, now)  # they wrote: send it now
             if not member.welcomed:
                 # The first thing anyone hears: an automated service, not an emergency line.
                 member.welcomed = True
@@ -226,12 +226,21 @@ class Engine:
                              "programme. It is not an emergency service: in danger call "
                              "SAPA 129 (WhatsApp 08111-129-129)."))
         outcome = self._dispatch(ctx)
-        session.connection().execute(_UPDATE_INBOUND, {"rid": record_id, "outcome": outcome[:40],
-                                          "member_id": member.id if member else None})
         hints = {member.id: identity} if member is not None and identity is not None else None
         outbox = queue_messages(session, ctx.outbox, now=now, config=self.config,
                                 identities=hints)
         session.flush()
+        # The platform's message id, recorded last in the same transaction: a redelivery
+        # fails here and everything above rolls back with it, so nothing happens twice
+        # (on PostgreSQL a concurrent duplicate waits for the first one's commit, then
+        # fails). Recording it last saves a second write of the outcome on every message.
+        try:
+            conn.execute(_INSERT_INBOUND, {
+                "channel": inbound.channel, "external_id": inbound.external_id[:80],
+                "kind": inbound.kind, "outcome": outcome[:40],
+                "member_id": member.id if member else None, "received_at": now})
+        except IntegrityError as exc:
+            raise _Duplicate from exc
         return HandleResult(member_id=member.id if member else None,
                             outbox_ids=[o.id for o in outbox if o.id is not None],
                             outcome=outcome)

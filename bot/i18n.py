@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Mapping
 from datetime import date, datetime
 from pathlib import Path
@@ -30,6 +31,10 @@ DEFAULT_LANGUAGE = "id"
 # Babel's CLDR names for the languages whose short code it does not resolve alone.
 _BABEL_LOCALE = {"su": "su_Latn_ID", "id": "id", "en": "en", "jv": "jv", "ms": "ms"}
 _lock = threading.Lock()
+# A catalog edited on disk is picked up within this many seconds, without a restart;
+# checking the file on every message cost more than rendering the message.
+RECHECK_S = 5.0
+_checked: dict[tuple[str, Path], tuple[float, dict[str, str]]] = {}
 
 
 def N_(msgid: str) -> str:  # noqa: N802 - the gettext convention
@@ -65,13 +70,21 @@ def catalog_path(lang: str, root: Path = LOCALES_DIR) -> Path:
 
 def load_catalog(lang: str, root: Path = LOCALES_DIR) -> dict[str, str]:
     """Return a language's translations as a dict (empty when there is no catalog)."""
+    key = (lang, root)
+    now = time.monotonic()
+    cached = _checked.get(key)
+    if cached is not None and now - cached[0] < RECHECK_S:
+        return cached[1]
     path = catalog_path(lang, root)
     try:
         mtime = path.stat().st_mtime
     except FileNotFoundError:
-        return {}
-    with _lock:
-        return _load_catalog(path, mtime)
+        found: dict[str, str] = {}
+    else:
+        with _lock:
+            found = _load_catalog(path, mtime)
+    _checked[key] = (now, found)
+    return found
 
 
 def available_languages(root: Path = LOCALES_DIR) -> list[str]:

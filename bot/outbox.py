@@ -12,7 +12,7 @@ due, quiet hours included) goes out as the template configured for its kind
 where no template fits it goes to the member's Telegram chat if they have one, and
 otherwise it is held, and one template nudge a day ("you have a message from your
 family, reply BACA") tells the member to write. Their next message, whatever it says,
-releases everything held for them (``on_inbound``).
+releases everything held for them (``release_held``, called by the engine).
 
 ::
 
@@ -22,18 +22,19 @@ releases everything held for them (``on_inbound``).
           ▼                                      │                                    ▼
         held ◀───────────────────────────────────┼──────────────────────────────── held
           │  + one nudge a day (template)        │
-          └──── the member writes (on_inbound) ──┘
+          └──── the member writes (release_held) ┘
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, bindparam, or_
+from sqlalchemy import and_, insert, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -189,62 +190,125 @@ def hold_for_window(session: Session, row: Outbox, now: datetime, config: Config
 # --- queueing ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Queued:
+    """One outbox row as it was written by ``queue_messages``."""
+
+    id: int
+    member_id: int | None
+    channel: str
+    address: str
+    kind: str
+    priority: int
+    text: str
+    template: str | None
+    template_vars: str | None
+    status: str
+    error: str | None
+    next_attempt_at: datetime
+    idempotency_key: str | None
+    broadcast_id: int | None
+    created_at: datetime
+
+
+# Every row carries the same columns (see _row), so each statement compiles once.
+_INSERT = insert(Outbox).returning(col(Outbox.id))
+
+
+def _insert_once(session: Session) -> Any:
+    """Return an INSERT that skips a row whose idempotency key is already there."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    return (dialect_insert(Outbox).on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(col(Outbox.id)))
+
+
+_INSERT_ONCE: dict[str, Any] = {}
+
+
 def queue_messages(session: Session, items: Sequence[Outbound], *, now: datetime,
                    config: Config, identities: dict[int | None, ChannelIdentity] | None = None
-                   ) -> list[Outbox]:
-    """Render and add outbox rows for the messages; return the rows added.
+                   ) -> list[Queued]:
+    """Render and insert outbox rows for the messages; return the rows written.
 
     ``identities`` maps member ids to the chat to use, when the caller knows it (a reply
     goes to the chat the person just wrote from). A text longer than its platform allows
-    becomes several rows, split at word boundaries, sent in order.
+    becomes several rows, split at word boundaries, sent in order. A message whose
+    idempotency key is already in the outbox is skipped (two schedulers raced for it).
     """
-    rows: list[Outbox] = []
+    # Written with Core INSERTs, not ORM objects: this runs for every message the bot
+    # sends, and the unit of work cost more than the writes. Rows staged through the ORM
+    # before this call keep their place in the order (they are flushed first).
+    if session.new:
+        session.flush()
+    conn = session.connection()
+    rows: list[Queued] = []
     for item in items:
         pieces, nudge = _rows_for(session, item, now, config, identities or {})
         if not pieces:
             continue
-        if pieces[0].idempotency_key:
-            # Two schedulers may race for the same occurrence: the unique key decides.
-            try:
-                with session.begin_nested():
-                    session.add_all(pieces)
-            except IntegrityError:
-                continue
-        else:
-            session.add_all(pieces)
-        rows.extend(pieces)
-        if nudge is not None:
-            session.flush()  # the held message first, then (at most) today's nudge
-            queue_nudge(session, nudge, pieces[0].address, now, config)
-    if rows:
-        session.flush()
+        written: list[Queued] = []
+        for i, values in enumerate(pieces):
+            if i == 0 and values["idempotency_key"]:
+                dialect = conn.dialect.name
+                stmt = _INSERT_ONCE.get(dialect)
+                if stmt is None:
+                    stmt = _INSERT_ONCE[dialect] = _insert_once(session)
+                found = conn.execute(stmt, values).scalar()
+                if found is None:
+                    break  # already queued by someone else: skip the whole message
+                rid = found
+            else:
+                rid = conn.execute(_INSERT, values).scalar_one()
+            written.append(Queued(id=rid, **values))
+        rows.extend(written)
+        if written and nudge is not None:
+            # The held message first, then (at most) today's nudge.
+            queue_nudge(session, nudge, written[0].address, now, config)
+            session.flush()
     return rows
 
 
-def _split(row: Outbox) -> list[Outbox]:
-    limit = MAX_LENGTH.get(row.channel)
-    if row.template or row.channel not in _SPLIT_CHANNELS or limit is None \
-            or len(row.text) <= limit:
-        return [row]
-    pieces = split_text(row.text, limit)
-    fields = row.model_dump(exclude={"id", "text", "idempotency_key"})
-    row.text = pieces[0]  # the first piece keeps the idempotency key
-    return [row, *(Outbox(**fields, text=piece) for piece in pieces[1:])]
+def _split(values: dict[str, Any]) -> list[dict[str, Any]]:
+    limit = MAX_LENGTH.get(values["channel"])
+    text = values["text"]
+    if values["template"] or values["channel"] not in _SPLIT_CHANNELS or limit is None \
+            or len(text) <= limit:
+        return [values]
+    pieces = split_text(text, limit)
+    # The first piece keeps the idempotency key.
+    return [{**values, "text": piece, "idempotency_key": values["idempotency_key"] if i == 0
+             else None} for i, piece in enumerate(pieces)]
+
+
+def _row(*, member_id: int | None, channel: str, address: str, kind: str, priority: int,
+         text: str, next_attempt_at: datetime, created_at: datetime,
+         idempotency_key: str | None, broadcast_id: int | None, template: str | None = None,
+         template_vars: str | None = None, status: str = "queued",
+         error: str | None = None) -> dict[str, Any]:
+    """Return one outbox row's values, every column queue_messages fills."""
+    return {"member_id": member_id, "channel": channel, "address": address, "kind": kind,
+            "priority": priority, "text": text, "template": template,
+            "template_vars": template_vars, "status": status, "error": error,
+            "next_attempt_at": next_attempt_at, "idempotency_key": idempotency_key,
+            "broadcast_id": broadcast_id, "created_at": created_at}
 
 
 def _rows_for(session: Session, item: Outbound, now: datetime, config: Config,
               identities: dict[int | None, ChannelIdentity]
-              ) -> tuple[list[Outbox], Member | None]:
+              ) -> tuple[list[dict[str, Any]], Member | None]:
     """Return the rows for one message, and the member to nudge when it is held."""
     priority = 0 if item.urgent else PRIORITY.get(item.kind, 5)
     if item.member_id is None:
         if not (item.channel and item.address):
             return [], None
         text = translator(config.bot.default_language).render_all(item.parts, item.sep)
-        return _split(Outbox(channel=item.channel, address=item.address, kind=item.kind,
-                             priority=priority, text=text, next_attempt_at=now, created_at=now,
-                             idempotency_key=item.idempotency_key,
-                             broadcast_id=item.broadcast_id)), None
+        return _split(_row(member_id=None, channel=item.channel, address=item.address,
+                           kind=item.kind, priority=priority, text=text, next_attempt_at=now,
+                           created_at=now, idempotency_key=item.idempotency_key,
+                           broadcast_id=item.broadcast_id)), None
     member = session.get(Member, item.member_id)
     if member is None:
         return [], None
@@ -272,12 +336,12 @@ def _rows_for(session: Session, item: Outbound, now: datetime, config: Config,
                 identity = other  # no window on Telegram
             else:
                 status, error, nudge = "held", WINDOW_ERROR, True
-    row = Outbox(member_id=member.id, channel=identity.channel if identity else "",
-                 address=identity.address if identity else "", kind=item.kind,
-                 priority=priority, text=text, template=template,
-                 template_vars=json.dumps(template_vars) if template_vars else None,
-                 next_attempt_at=due, idempotency_key=item.idempotency_key,
-                 broadcast_id=item.broadcast_id, created_at=now, status=status, error=error)
+    row = _row(member_id=member.id, channel=identity.channel if identity else "",
+               address=identity.address if identity else "", kind=item.kind,
+               priority=priority, text=text, template=template,
+               template_vars=json.dumps(template_vars) if template_vars else None,
+               next_attempt_at=due, idempotency_key=item.idempotency_key,
+               broadcast_id=item.broadcast_id, created_at=now, status=status, error=error)
     return _split(row), member if nudge else None
 
 
@@ -318,31 +382,6 @@ def release_held(session: Session, member_id: int, identity: ChannelIdentity,
             released += 1
         session.add(row)
     return released
-
-
-def on_inbound(session: Session, member: Member | None, identity: ChannelIdentity | None,
-               now: datetime) -> int:
-    """React to a member writing: release what was held for them, drop unsent nudges.
-
-    Called by the engine inside the inbound message's transaction, right after it
-    identified the sender. Returns how many held messages were released.
-    """
-    if member is None or identity is None or member.id is None:
-        return 0
-    # Almost always nothing waits: a prepared one-row probe costs far less than the ORM
-    # query below, and this runs on every inbound message.
-    if session.connection().execute(_WAITING_PROBE, {"mid": member.id}).first() is None:
-        return 0
-    return release_held(session, member.id, identity, now)
-
-
-_WAITING_PROBE = (
-    select(col(Outbox.id))
-    .where(col(Outbox.member_id) == bindparam("mid"),
-           or_(col(Outbox.status) == "held",
-               and_(col(Outbox.kind) == "nudge", col(Outbox.status) == "queued")))
-    .limit(1)
-)
 
 
 def hold_address(session: Session, channel: str, address: str, reason: str) -> int:

@@ -62,6 +62,7 @@ from sqlalchemy import Table, delete, exists, func, literal, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from bot import metrics
 from bot.channels.base import MAX_LENGTH
 from bot.config import Config
 from bot.i18n import Translator
@@ -567,6 +568,7 @@ class _Batch:
         self.removals: list[int] = []
         self.fast: list[list[tuple[Outbound, Member, _Chat]]] = []
         self.slow: list[Outbound] = []
+        self.oldest_due: datetime | None = None  # the most overdue occurrence (lag metric)
 
     def process(self, rows: Sequence[Any]) -> None:
         members: dict[int, Member] = {row[3].id: row[3] for row in rows}
@@ -606,6 +608,8 @@ class _Batch:
             self.updates.append((rid, move))
             return
         stats.due += 1
+        if self.oldest_due is None or occurrence < self.oldest_due:
+            self.oldest_due = occurrence
         if not kind.urgent and member.opted_out:
             stats.skipped_opted_out += 1
         elif not kind.urgent and member.id not in chats:
@@ -778,6 +782,7 @@ def _run_kind(db: Engine, kind: ReminderKind, planner: _Planner,
               renew: Callable[[], bool] | None = None) -> KindStats:
     """Process every row of a kind due at the planner's instant, a batch per transaction."""
     total = KindStats()
+    oldest: datetime | None = None
     query = _claim_query(kind.name, planner.now, BATCH_SIZE, is_postgres(db))
     while True:
         stats = KindStats()
@@ -797,6 +802,8 @@ def _run_kind(db: Engine, kind: ReminderKind, planner: _Planner,
                 batch.process(session.execute(query).all())
                 batch.flush()
         total.add(stats)
+        if batch.oldest_due is not None and (oldest is None or batch.oldest_due < oldest):
+            oldest = batch.oldest_due
         if stats.claimed < BATCH_SIZE:
             break
         if renew is not None and not renew():
@@ -809,6 +816,8 @@ def _run_kind(db: Engine, kind: ReminderKind, planner: _Planner,
         log.warning("reminder %s: %d occurrence(s) were missed by more than %d minutes "
                     "(downtime?) and are skipped", kind.name, total.missed,
                     planner.config.scheduler.grace_minutes)
+    metrics.scheduler_ran(kind.name, total.queued,
+                          planner.now - oldest if oldest is not None else None)
     return total
 
 
@@ -853,6 +862,8 @@ def _run_job(db: Engine, config: Config, job: PeriodicJob, now: datetime, *,
             else:
                 _mark_run(session, job.name, now)
                 session.commit()
+                metrics.scheduler_ran(job.name, queued, now - (last + job.every)
+                                      if job.every is not None and last is not None else None)
             return queued
         except BaseException:
             session.rollback()
@@ -1017,7 +1028,8 @@ def _send(db: Engine, config: Config, at: datetime) -> int:
         # It must move: the sender's rate limiters refill with it.
         return at + timedelta(seconds=_time.monotonic() - started)
 
-    return Sender(db, config, build_channels(config), clock=clock).drain()
+    # Its leases on the wall clock: a live worker's sender shares the outbox with it.
+    return Sender(db, config, build_channels(config), clock=clock, lease_clock=utcnow).drain()
 
 
 # --- describing -----------------------------------------------------------------------
@@ -1165,6 +1177,7 @@ class LiveScheduler:
             now = self.clock()
             try:
                 if not acquire_lease(self.db, self.holder, now, self.ttl):
+                    metrics.scheduler_tick("standby")
                     return None
                 full = self._last_full is None or now - self._last_full >= FULL_SWEEP_EVERY
                 counts = _run_all(self.db, self.config, now, renew=self._renew,
@@ -1172,9 +1185,11 @@ class LiveScheduler:
                 if full:
                     self._last_full = now
                 self.last_counts = counts
+                metrics.scheduler_tick("ran")
                 return counts
             except Exception:
                 log.exception("scheduler tick failed; the next tick tries again")
+                metrics.scheduler_tick("error")
                 return None
 
     def _renew(self) -> bool:

@@ -4,9 +4,9 @@ Rows are claimed in a short transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQ
 SQLite's ``BEGIN IMMEDIATE`` serialises claimers), sent outside any transaction, and
 settled in small groups. A claimer that dies leaves its rows "sending" until their lease
 ends; then another sender takes them again, so at most the in-flight messages of a
-killed process are repeated. A row waits while an older row for the same person at the
-same or higher priority is unfinished: order is kept per recipient, and replies still
-overtake bulk messages.
+killed process are repeated. A row waits while another row for the same chat is being
+sent or is queued ahead of it (more urgent, or as urgent and older): one message in
+flight per chat, order kept per recipient, and replies still overtake bulk messages.
 
 Network channels have several messages in flight at once, each to a different chat (the
 claim never hands out two rows of one chat's queue): an ``AsyncChannel`` (Telegram) gets
@@ -37,19 +37,25 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, exists, update
+from sqlalchemy import and_, bindparam, exists, literal_column, or_, update
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
+from bot import metrics
 from bot.channels.base import AsyncChannel, Channel, ConcurrentChannel, SendResult
 from bot.config import Config
 from bot.outbox import cancel_unasked, hold_address, hold_for_window, split_text
 from bot.privacy import mask_phone
 from storage.db import is_postgres, session_scope
 from storage.models import ChannelIdentity, Member, Outbox
+
+_DUE_TYPE = Outbox.__table__.c.next_attempt_at.type  # type: ignore[attr-defined]
+_ANY_DUE = (select(col(Outbox.id))
+            .where(col(Outbox.status) == "queued", col(Outbox.next_attempt_at) <= bindparam("now"))
+            .limit(1))
 
 __all__ = ["RateLimiter", "Sender", "SenderStats", "split_text"]
 
@@ -217,11 +223,16 @@ class Sender:
 
     def __init__(self, db: DbEngine, config: Config, channels: dict[str, Channel], *,
                  clock: Callable[[], datetime] = utcnow, worker_id: str | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 lease_clock: Callable[[], datetime] | None = None) -> None:
         self.db = db
         self.config = config
         self.channels = channels
         self.clock = clock
+        # Leases are compared between processes, so a sender whose clock is shifted (run-due
+        # --at sends "as if" at another instant) stamps and checks them on the wall clock:
+        # else the other senders take its rows at once, or it takes theirs. None: `clock`.
+        self.lease_clock = lease_clock
         self.sleep = sleep
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         # Limiters read the sender's clock, so a test's fixed clock drives them too.
@@ -260,6 +271,21 @@ class Sender:
 
     # --- claiming ---------------------------------------------------------------------
 
+    def _lease_now(self, now: datetime) -> datetime:
+        """Return the instant leases are stamped and checked at (see lease_clock)."""
+        return self.lease_clock() if self.lease_clock is not None else now
+
+    def _due_column(self) -> Any:
+        """Return the due time as the claim compares it.
+
+        SQLite, without statistics, would search by due time and then sort the whole
+        backlog on every claim; the unary ``+`` (a no-op on the value) keeps it on the
+        claim index, which it walks in order and leaves after one batch.
+        """
+        if is_postgres(self.db):
+            return col(Outbox.next_attempt_at)
+        return literal_column("+outbox.next_attempt_at", type_=_DUE_TYPE)
+
     def reap(self, now: datetime) -> int:
         """Put rows whose sender died (lease over) back in the queue."""
         with session_scope(self.db) as session:
@@ -274,16 +300,26 @@ class Sender:
         """Claim due rows for this sender, oldest first within priority."""
         limit = limit or self.config.sender.batch_size
         older = aliased(Outbox)
+        # One message in flight per chat, in order: a row waits while another row for the
+        # same chat is being sent, or is queued ahead of it (more urgent, or as urgent and
+        # older). Two rows of one chat sent at once could arrive in either order.
+        # ("status IN" first: the recipient index then reaches only the chat's unfinished
+        # rows, not its whole history.)
         blocked = exists().where(and_(
             col(older.channel) == col(Outbox.channel), col(older.address) == col(Outbox.address),
-            col(older.status).in_(("queued", "sending")), col(older.id) < col(Outbox.id),
-            col(older.priority) <= col(Outbox.priority),
+            col(older.status).in_(("queued", "sending")), col(older.id) != col(Outbox.id),
+            or_(col(older.status) == "sending",
+                col(older.priority) < col(Outbox.priority),
+                and_(col(older.priority) == col(Outbox.priority),
+                     col(older.id) < col(Outbox.id))),
         ))
         due = (
             select(col(Outbox.id))
-            .where(Outbox.status == "queued", col(Outbox.next_attempt_at) <= now,
+            .where(Outbox.status == "queued", self._due_column() <= now,
                    Outbox.channel != "", col(Outbox.channel).in_(list(self.channels)), ~blocked)
-            .order_by(col(Outbox.priority), col(Outbox.id))
+            # In the claim index's order (status, priority, next_attempt_at, id): the scan
+            # stops after `limit` rows instead of sorting a whole backlog on every claim.
+            .order_by(col(Outbox.priority), col(Outbox.next_attempt_at), col(Outbox.id))
             .limit(limit)
         )
         if is_postgres(self.db):
@@ -292,10 +328,16 @@ class Sender:
         claim = (
             update(Outbox).where(col(Outbox.id).in_(due.scalar_subquery()))
             .values(status="sending", claimed_by=self.worker_id,
-                    claimed_until=now + timedelta(seconds=self.config.sender.lease_s))
+                    claimed_until=self._lease_now(now)
+                    + timedelta(seconds=self.config.sender.lease_s))
             .returning(Outbox)
             .execution_options(synchronize_session=False)
         )
+        with self.db.connect() as conn:
+            # Nothing due (a quiet night with tomorrow's messages waiting): the due-time
+            # index says so at once, without walking the queue or taking the write lock.
+            if conn.execute(_ANY_DUE, {"now": now}).first() is None:
+                return []
         with session_scope(self.db) as session:
             rows = list(session.scalars(claim).all())
         rows.sort(key=lambda r: (r.priority, r.id or 0))
@@ -334,7 +376,7 @@ class Sender:
         """Claim and deliver one batch; return how many rows were settled."""
         now = now or self.clock()
         if now.timestamp() - self._reaped_at >= 1.0:  # leases are long: once a second will do
-            self.reap(now)
+            self.reap(self._lease_now(now))
             self._reaped_at = now.timestamp()
         rows = self.claim(now, self._claim_limit)
         if not rows:
@@ -604,6 +646,7 @@ class Sender:
             self.stats.sent += len(delivered)
             for row, _, _ in delivered:
                 self.stats.by_channel[row.channel] = self.stats.by_channel.get(row.channel, 0) + 1
+                metrics.count_send(row.channel, "sent", retry=row.attempts > 0)
         entries = [entry for entry in entries if not entry[1].ok]
         if not entries:
             return
@@ -616,6 +659,8 @@ class Sender:
             if cur is None or cur.status != "sending":
                 continue  # erased or cancelled meanwhile
             self._apply(session, cur, result, now)
+            metrics.count_send(cur.channel, metrics.send_result(cur.status, result),
+                               retry=row.attempts > 0)
 
     def _apply(self, session: Session, current: Outbox, result: SendResult,
                now: datetime) -> None:

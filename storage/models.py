@@ -122,11 +122,16 @@ class Outbox(SQLModel, table=True):
     __table_args__ = (
         Index("ix_outbox_due", "status", "next_attempt_at"),
         Index("ix_outbox_recipient", "channel", "address", "status"),
+        # A member's unfinished rows (held, queued) among years of sent ones: looked up on
+        # every inbound message, so by member and status, not member alone.
+        Index("ix_outbox_member_status", "member_id", "status"),
+        # The sender's claim walks this in order and stops after a batch (bot/sender.py).
+        Index("ix_outbox_claim", "status", "priority", "next_attempt_at", "id"),
         UniqueConstraint("idempotency_key", name="uq_outbox_idempotency"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    member_id: int | None = Field(default=None, index=True)
+    member_id: int | None = Field(default=None)
     channel: str = Field(max_length=16)
     address: str = Field(max_length=64)
     kind: str = Field(default="reply", max_length=24)

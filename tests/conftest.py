@@ -31,6 +31,8 @@ from bot.messages import Inbound
 from storage.db import make_engine, session_scope, upgrade
 from storage.models import Member, Outbox
 from storage.repo import FamilySpec, MemberSpec, create_coordinator, create_family, link_identity
+from tests.fakes.telegram_api import FakeTelegram
+from tests.fakes.twilio_api import FakeTwilio
 
 os.environ.setdefault("PTB_TIMEDELTA", "1")
 PG_URL = os.environ.get("DESMIGRATIF_TEST_POSTGRES_URL",
@@ -222,3 +224,20 @@ def make_family(engine: Engine, db: DbEngine, config: Config, clock: Clock
         return demo
 
     return factory
+
+
+# --- the platform fakes (modules that need stricter ones define their own) ------------
+
+
+@pytest.fixture
+def tg() -> Iterator[FakeTelegram]:
+    """Run a loopback Telegram Bot API for the test."""
+    with FakeTelegram() as fake:
+        yield fake
+
+
+@pytest.fixture
+def tw() -> Iterator[FakeTwilio]:
+    """Run a loopback Twilio REST API for the test."""
+    with FakeTwilio() as fake:
+        yield fake

@@ -258,10 +258,12 @@ def test_bad_input_gets_an_answer_and_loses_nothing(make_family: Callable[..., D
     demo = make_family()
     demo.say("Warsini", "MENU")
     for text in ["", "   ", "😀" * 10_000, "\x00\x07MENU\x1b", "BAHASA", "DAFTAR", "\u202eUNEM",
-                 "'; DROP TABLE member; --", "<script>alert(1)</script>"]:
+                 "'; DROP TABLE member; --", "<script>alert(1)</script>", "MENU \ud800\udfff"]:
         replies = demo.say("Warsini", text)
         assert replies, f"no answer to {text[:20]!r}"
     assert demo.member("Warsini").name == "Warsini"
+    with session_scope(demo.db) as session:
+        assert "error" not in {r.outcome for r in session.exec(select(InboundLog)).all()}
 
 
 def test_handler_crash_is_answered_and_recorded(make_family: Callable[..., Demo],

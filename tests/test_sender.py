@@ -58,6 +58,21 @@ def test_sends_in_order_per_recipient_with_replies_first(db: DbEngine, config: C
     assert all(s == "sent" for _, s in _statuses(db))
 
 
+def test_one_message_in_flight_per_chat(db: DbEngine, config: Config, clock: Clock) -> None:
+    """A claim never hands out two rows of one chat: sent together they could swap."""
+    _queue(db, clock(), ("a", "relay", 2), ("b", "b1", 2), ("a", "reply", 0))
+    sender = Sender(db, config, {"simulator": ScriptedChannel()}, clock=clock)
+    first = sender.claim(clock())
+    assert sorted((r.address, r.text) for r in first) == [("a", "reply"), ("b", "b1")]
+    # While the reply is being sent, the older relay to the same chat waits for it.
+    assert sender.claim(clock()) == []
+    with session_scope(db) as session:
+        for row in session.exec(select(Outbox).where(col(Outbox.status) == "sending")).all():
+            row.status = "sent"
+            session.add(row)
+    assert [(r.address, r.text) for r in sender.claim(clock())] == [("a", "relay")]
+
+
 def test_retry_after_is_honoured_and_order_kept(db: DbEngine, config: Config,
                                                 clock: Clock) -> None:
     ch = ScriptedChannel(script=[SendResult(ok=False, retry_after=5, error="429")])

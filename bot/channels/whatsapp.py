@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -53,6 +54,12 @@ OPTED_OUT = 21610
 UNREACHABLE = frozenset({21211, 21614, 63003})
 RATE_LIMITED = frozenset({20429, 63018})
 _MEDIA_KINDS = {"image": "photo", "audio": "voice", "video": "video"}
+# What Twilio sends: SIDs are two letters and 32 hex digits, numbers are E.164. The
+# patterns are looser than that, but keep out whatever a database or a reply cannot take
+# (control characters, NUL, spaces, markup, 200-digit "numbers").
+_SID = re.compile(r"[A-Za-z0-9]{2,80}")
+_NUMBER = re.compile(r"\+?[0-9]{6,15}", re.ASCII)
+_KIND = re.compile(r"[a-z0-9_]{1,24}", re.ASCII)
 
 
 class MalformedForm(ValueError):
@@ -86,17 +93,18 @@ def signature_ok(config: Config, path: str, query: bytes | str, form: Any,
 
 def parse_inbound(form: Any, now: datetime) -> Inbound | None:
     """Turn Twilio's form into an Inbound; None for what we do not handle (SMS, reactions)."""
-    sid = form.get("MessageSid") or form.get("SmsMessageSid")
+    sid = _sid(form.get("MessageSid") or form.get("SmsMessageSid"))
     sender = (form.get("From") or "").strip()
-    if not sid or not sender:
+    if not sender:
         raise MalformedForm("MessageSid and From are required")
-    if len(sid) > 80:
-        raise MalformedForm("MessageSid: too long")
     if not sender.startswith("whatsapp:"):
         return None  # an SMS to the same number: not a channel we serve
     number = sender.removeprefix("whatsapp:").strip()
-    if not number.startswith("+"):
-        number = "+" + number.lstrip("+")
+    # Twilio sends E.164 ("whatsapp:+6281..."); anything else would become an address
+    # we store, reply to and can never reach.
+    if not _NUMBER.fullmatch(number):
+        raise MalformedForm("From: not a WhatsApp number")
+    number = "+" + number.lstrip("+")
     try:
         media = int(form.get("NumMedia") or 0)
     except ValueError as exc:
@@ -115,18 +123,31 @@ def parse_inbound(form: Any, now: datetime) -> Inbound | None:
         kind = "text"
         body = body or form.get("ButtonText") or ""
     else:
-        kind = message_type[:24]
+        # A kind Twilio may add one day: the engine answers that it reads only text.
+        kind = message_type[:24] if _KIND.fullmatch(message_type[:24]) else "other"
     return Inbound(channel="whatsapp", address=f"whatsapp:{number}", text=body,
                    external_id=sid, received_at=now, kind=kind,
                    profile_name=form.get("ProfileName") or None)
 
 
+def _sid(value: str | None) -> str:
+    """Return a message SID as Twilio sends it, or refuse the form."""
+    if not value:
+        raise MalformedForm("MessageSid and From are required")
+    if len(value) > 80:
+        raise MalformedForm("MessageSid: too long")
+    if not _SID.fullmatch(value):
+        raise MalformedForm("MessageSid: not a Twilio message id")
+    return value
+
+
 def record_status(db: DbEngine, config: Config, form: Any, now: datetime) -> str:
     """Apply a status callback to the message it reports on; return what was done."""
-    sid = form.get("MessageSid") or form.get("SmsSid")
+    raw_sid = form.get("MessageSid") or form.get("SmsSid")
     status = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
-    if not sid or not status:
+    if not raw_sid or not status:
         raise MalformedForm("MessageSid and MessageStatus are required")
+    sid = _sid(raw_sid)
     if status not in ("failed", "undelivered"):
         return "ok"  # queued, sent, delivered, read: the row already says "sent"
     try:

@@ -61,7 +61,10 @@ def ensure_simulator_identity(member_id: int) -> str:
 @bp.post("/api/send")
 def send() -> Any:
     """Process a message typed in the simulator as the chosen member."""
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the parser goes: not a message either
+        body = None
     if not isinstance(body, dict):
         abort(400, description="expected a JSON object with member_id and text")
     member_id = body.get("member_id")

@@ -12,12 +12,14 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
+from bot import metrics
 from bot.app import services
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 
 @bp.post("/telegram")
+@metrics.webhook("telegram")
 def telegram_update() -> Any:
     """Take one Telegram Update."""
     svc = services(current_app)
@@ -27,13 +29,18 @@ def telegram_update() -> Any:
 
     if not telegram.secret_ok(svc.config, request.headers.get(telegram.SECRET_HEADER)):
         abort(403, description="wrong or missing secret token")
-    data = request.get_json(force=True, silent=True)
+    try:
+        data = request.get_json(force=True, silent=True)
+    except RecursionError:  # nested deeper than the parser goes: not an Update either
+        data = None
     if not isinstance(data, dict):
         abort(400, description="expected a Telegram Update as a JSON object")
+    tap = metrics.EngineTap(svc.engine)  # to tell a handler's crash from a handled message
     try:
-        outcome = telegram.process_update(svc.db, svc.engine, svc.config, data)
+        outcome = telegram.process_update(svc.db, tap, svc.config, data)
     except telegram.MalformedUpdate as exc:
         abort(400, description=str(exc))
+    metrics.set_outcome(metrics.telegram_outcome(outcome, tap))
     return jsonify(ok=True, outcome=outcome)
 
 
@@ -56,6 +63,7 @@ def _twiml(body: str) -> Response:
 
 
 @bp.post("/twilio")
+@metrics.webhook("whatsapp")
 def twilio_message() -> Any:
     """Take one WhatsApp message from Twilio; answer with empty TwiML."""
     whatsapp = _twilio_checked("/webhooks/twilio")
@@ -65,18 +73,20 @@ def twilio_message() -> Any:
         inbound = whatsapp.parse_inbound(request.form, now)
     except whatsapp.MalformedForm as exc:
         abort(400, description=str(exc))
-    if inbound is not None:
-        svc.engine.handle(inbound, now=now)
+    result = svc.engine.handle(inbound, now=now) if inbound is not None else None
+    metrics.set_outcome(metrics.engine_outcome(result))
     return _twiml(whatsapp.EMPTY_TWIML)
 
 
 @bp.post("/twilio/status")
+@metrics.webhook("twilio_status")
 def twilio_status() -> Any:
     """Take one Twilio delivery report."""
     whatsapp = _twilio_checked("/webhooks/twilio/status")
     svc = services(current_app)
     try:
-        whatsapp.record_status(svc.db, svc.config, request.form, svc.engine.clock())
+        outcome = whatsapp.record_status(svc.db, svc.config, request.form, svc.engine.clock())
     except whatsapp.MalformedForm as exc:
         abort(400, description=str(exc))
+    metrics.set_outcome(metrics.status_outcome(outcome))
     return _twiml(whatsapp.EMPTY_TWIML)
