@@ -34,11 +34,9 @@ lint: $(STAMP)
 content-check: $(STAMP)
 	$(BIN)/python -m bot.content_check
 
+## make bench: run every benchmark (bench/run_all.py) and write bench/results.json
 bench: $(STAMP)
-	$(BIN)/python bench/engine.py
-	$(BIN)/python bench/sender.py
-	$(BIN)/python bench/scheduler.py
-	$(BIN)/python bench/coordinators.py
+	$(BIN)/python bench/run_all.py
 
 ## Catalogs: extract msgids from the code, merge them into each language, compile .mo files.
 extract: $(STAMP)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -113,6 +114,8 @@ def main() -> None:
         imp = import_rows(url_b, args.rows)
         print(f"import: {args.rows} rows in {imp:.2f} s ({args.rows / imp:,.0f} rows/s; "
               "budget 30 s)")
+    print(json.dumps({"queue_100k_s": round(fan, 3), "broadcast_recipients": args.recipients,
+                      "import_10k_s": round(imp, 3), "import_rows": args.rows}))
 
 
 if __name__ == "__main__":
