@@ -77,14 +77,8 @@ def serve_hello(port: int, workers: int) -> None:
 
 def bare_flask(requests: int, procs: int, conns: int) -> tuple[LoadResult, float, float]:
     """Measure the bare Flask hello; return the load, its workers' CPU s and its RSS MB."""
-    from tests.fakes.serve import (
-        child_env,
-        children,
-        cpu_seconds,
-        free_port,
-        kill_group,
-        rss_kb,
-    )
+    from tests.fakes.processes import child_env, children, free_port
+    from tests.fakes.serve import cpu_seconds, kill_group, rss_kb
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--serve-hello", str(port)],
@@ -112,9 +106,9 @@ def desmigratif(workdir: Path, messages: int, procs: int, conns: int,
     from sqlalchemy import text
 
     from storage.db import make_engine
+    from tests.fakes.processes import free_port
     from tests.fakes.serve import (
         ServeProcess,
-        free_port,
         message_for,
         populate,
         script,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, exists, insert, or_, update
+from sqlalchemy import bindparam, exists, insert, update
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 from bot.config import Config
 from bot.i18n import N_
 from bot.messages import Inbound, Outbound, Part, Text, t
-from bot.outbox import queue_messages, release_held
+from bot.outbox import queue_messages, release_held, waiting_for
 from bot.privacy import mask_phone
 from bot.router import Command, Match, Registry, registry
 from storage.db import session_scope
@@ -38,7 +38,6 @@ from storage.models import (
     Family,
     InboundLog,
     Member,
-    Outbox,
 )
 
 log = logging.getLogger(__name__)
@@ -55,11 +54,7 @@ _TOUCH_IDENTITY = (update(ChannelIdentity).where(col(ChannelIdentity.id) == bind
                    .values(last_inbound_at=bindparam("now")))
 _TOUCH_MEMBER = (update(Member).where(col(Member.id) == bindparam("mid"))
                  .values(last_inbound_at=bindparam("now")))
-# Held messages, or an unsent nudge. Written as "status IN (...)" first so the index on
-# (member_id, status) narrows it to the member's few unfinished rows, not all of theirs.
-_WAITING = exists().where(col(Outbox.member_id) == Member.id,
-                          col(Outbox.status).in_(("held", "queued")),
-                          or_(col(Outbox.status) == "held", col(Outbox.kind) == "nudge"))
+_WAITING = exists().where(waiting_for(Member.id))
 _FIND_SENDER = (
     select(ChannelIdentity, Member, Family, ConversationState)
     .add_columns(_WAITING.label("waiting"))

@@ -61,7 +61,7 @@ from storage.models import (
 )
 
 __all__ = [
-    "CONTENT_TYPE", "DatabaseCollector", "DatabaseUnavailable", "EngineTap", "MULTIPROCESS",
+    "CONTENT_TYPE", "DatabaseCollector", "DatabaseUnavailable", "MULTIPROCESS",
     "count_send", "engine_outcome", "format_status", "read_engine", "reader_for", "render",
     "scheduler_ran", "scheduler_tick", "send_result", "set_outcome", "status_outcome",
     "status_snapshot", "telegram_outcome", "webhook",
@@ -198,24 +198,6 @@ def set_outcome(outcome: str) -> None:
     g.webhook_outcome = outcome
 
 
-class EngineTap:
-    """The conversation engine, passed through to keep the result of what it handled.
-
-    A channel module reports its own outcome ("processed"); whether the handler crashed
-    (the engine then apologised to the person) is in the engine's result.
-    """
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.clock = engine.clock
-        self.result: Any = None
-
-    def handle(self, inbound: Any, *, now: datetime | None = None) -> Any:
-        """Handle the message with the engine, and keep its result."""
-        self.result = self.engine.handle(inbound, now=now)
-        return self.result
-
-
 def engine_outcome(result: Any) -> str:
     """Return the webhook outcome of one message the engine handled."""
     if result is None:
@@ -225,15 +207,11 @@ def engine_outcome(result: Any) -> str:
     return "error" if result.outcome == "error" else "handled"
 
 
-def telegram_outcome(outcome: str, tap: EngineTap) -> str:
+def telegram_outcome(outcome: str) -> str:
     """Return the webhook outcome of what ``telegram.process_update`` said it did."""
-    if outcome == "duplicate":
-        return "duplicate"
-    if outcome == "ignored":
-        return "ignored"
-    if tap.result is not None:
-        return engine_outcome(tap.result)
-    return "handled"  # an edit, a block or an unblock, recorded by the channel itself
+    if outcome in ("duplicate", "ignored", "error"):
+        return outcome
+    return "handled"  # a message, an edit, a block or an unblock
 
 
 def status_outcome(outcome: str) -> str:

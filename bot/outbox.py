@@ -35,13 +35,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, insert, or_
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from bot.channels.base import MAX_LENGTH
 from bot.config import Config
 from bot.i18n import N_, translator
 from bot.messages import Outbound, Text
+from storage.db import dialect_insert
 from storage.models import ChannelIdentity, Member, Outbox
 
 # Kinds a member asked for: they still arrive after STOP. Everything else is skipped.
@@ -150,7 +150,7 @@ def first_name(member: Member) -> str:
 
 
 def queue_nudge(session: Session, member: Member, address: str, now: datetime,
-                config: Config) -> Outbox | None:
+                config: Config) -> Queued | None:
     """Queue today's template nudge for a member with held messages (at most one a day)."""
     if member.opted_out or member.id is None:
         return None
@@ -159,18 +159,15 @@ def queue_nudge(session: Session, member: Member, address: str, now: datetime,
         return None  # no approved nudge: the held messages wait until they write anyway
     day = now.astimezone(_zone(member.timezone, config)).date()
     name = first_name(member)
-    row = Outbox(member_id=member.id, channel="whatsapp", address=address, kind="nudge",
-                 priority=PRIORITY["nudge"],
-                 text=translator(member.language).render(Text(NUDGE_TEXT, {"name": name})),
-                 template=key, template_vars=json.dumps({"1": name}),
-                 next_attempt_at=quiet_until(member.timezone, now, config) or now,
-                 idempotency_key=f"nudge:{member.id}:{day.isoformat()}", created_at=now)
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        return None  # already nudged today
-    return row
+    values = _row(member_id=member.id, channel="whatsapp", address=address, kind="nudge",
+                  priority=PRIORITY["nudge"],
+                  text=translator(member.language).render(Text(NUDGE_TEXT, {"name": name})),
+                  template=key, template_vars=json.dumps({"1": name}),
+                  next_attempt_at=quiet_until(member.timezone, now, config) or now,
+                  idempotency_key=f"nudge:{member.id}:{day.isoformat()}", created_at=now,
+                  broadcast_id=None)
+    rid = session.connection().execute(_insert_once(session), values).scalar()
+    return None if rid is None else Queued(id=rid, **values)  # None: already nudged today
 
 
 def hold_for_window(session: Session, row: Outbox, now: datetime, config: Config) -> None:
@@ -217,15 +214,9 @@ _INSERT = insert(Outbox).returning(col(Outbox.id))
 
 def _insert_once(session: Session) -> Any:
     """Return an INSERT that skips a row whose idempotency key is already there."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-    return (dialect_insert(Outbox).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    return (dialect_insert(session, Outbox.__table__)  # type: ignore[attr-defined]
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
             .returning(col(Outbox.id)))
-
-
-_INSERT_ONCE: dict[str, Any] = {}
 
 
 def queue_messages(session: Session, items: Sequence[Outbound], *, now: datetime,
@@ -252,11 +243,7 @@ def queue_messages(session: Session, items: Sequence[Outbound], *, now: datetime
         written: list[Queued] = []
         for i, values in enumerate(pieces):
             if i == 0 and values["idempotency_key"]:
-                dialect = conn.dialect.name
-                stmt = _INSERT_ONCE.get(dialect)
-                if stmt is None:
-                    stmt = _INSERT_ONCE[dialect] = _insert_once(session)
-                found = conn.execute(stmt, values).scalar()
+                found = conn.execute(_insert_once(session), values).scalar()
                 if found is None:
                     break  # already queued by someone else: skip the whole message
                 rid = found
@@ -267,7 +254,6 @@ def queue_messages(session: Session, items: Sequence[Outbound], *, now: datetime
         if written and nudge is not None:
             # The held message first, then (at most) today's nudge.
             queue_nudge(session, nudge, written[0].address, now, config)
-            session.flush()
     return rows
 
 
@@ -357,6 +343,18 @@ def _telegram_identity(session: Session, member_id: int) -> ChannelIdentity | No
 # --- held messages -----------------------------------------------------------------------
 
 
+def waiting_for(member_id: Any) -> Any:
+    """Return the condition on outbox rows that wait for a member to write.
+
+    Held messages, and a nudge not sent yet. Written "status IN (...)" first so the index
+    on (member_id, status) narrows it to the member's few unfinished rows, not all of
+    theirs. ``member_id`` is a value or a column (a correlated EXISTS).
+    """
+    return and_(col(Outbox.member_id) == member_id,
+                col(Outbox.status).in_(("held", "queued")),
+                or_(col(Outbox.status) == "held", col(Outbox.kind) == "nudge"))
+
+
 def release_held(session: Session, member_id: int, identity: ChannelIdentity,
                  now: datetime) -> int:
     """Send a member's held messages to the chat they now use; return how many.
@@ -364,11 +362,7 @@ def release_held(session: Session, member_id: int, identity: ChannelIdentity,
     Nudges still waiting (queued or held) are cancelled: the member is here.
     """
     rows = session.exec(
-        select(Outbox).where(Outbox.member_id == member_id,
-                             or_(col(Outbox.status) == "held",
-                                 and_(col(Outbox.kind) == "nudge",
-                                      col(Outbox.status) == "queued")))
-        .order_by(col(Outbox.id))
+        select(Outbox).where(waiting_for(member_id)).order_by(col(Outbox.id))
     ).all()
     released = 0
     for row in rows:

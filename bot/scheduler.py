@@ -77,7 +77,7 @@ from bot.outbox import (
     quiet_until,
     template_key,
 )
-from storage.db import is_postgres, session_scope
+from storage.db import dialect_insert, is_postgres, session_scope
 from storage.models import (
     ChannelIdentity,
     InboundLog,
@@ -388,17 +388,6 @@ class _Planner:
 # --- keeping the schedule rows in step with the members -------------------------------
 
 
-def _dialect_insert(session: Session, table: Table) -> Any:
-    """Return an INSERT that can say ON CONFLICT, for the session's database."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table)
-
-
 def ensure_schedules(db: Engine, kind: ReminderKind, *, full: bool = True) -> int:
     """Insert the missing schedule rows of a kind (members of its roles); return how many.
 
@@ -424,7 +413,7 @@ def ensure_schedules(db: Engine, kind: ReminderKind, *, full: bool = True) -> in
                 .order_by(col(Member.id))
                 .limit(ENSURE_BATCH)
             )
-            stmt = (_dialect_insert(session, _RS)
+            stmt = (dialect_insert(session, _RS)
                     .from_select(["member_id", "kind", "next_due_at"], lacking)
                     .on_conflict_do_nothing()
                     .returning(_RS.c.member_id))
@@ -452,7 +441,7 @@ def reschedule(session: Session, member: Member, now: datetime,
                                               _RS.c.kind == kind.name))
             continue
         nxt = next_due(kind, member, config, now)
-        stmt = _dialect_insert(session, _RS).values(member_id=member.id, kind=kind.name,
+        stmt = dialect_insert(session, _RS).values(member_id=member.id, kind=kind.name,
                                                     next_due_at=nxt)
         stmt = stmt.on_conflict_do_update(index_elements=["member_id", "kind"],
                                           set_={"next_due_at": nxt})
@@ -735,7 +724,7 @@ def _insert_plain(session: Session, values: list[tuple[Any, ...]]) -> int:
     dialect = conn.dialect
     mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
     if mark is None:  # pragma: no cover - another driver: let SQLAlchemy do it
-        stmt = (_dialect_insert(session, _OUTBOX)
+        stmt = (dialect_insert(session, _OUTBOX)
                 .on_conflict_do_nothing(index_elements=["idempotency_key"])
                 .returning(_OUTBOX.c.id))
         return len(list(session.execute(stmt, [dict(zip(_PLAIN_COLUMNS, v, strict=True))
@@ -834,7 +823,7 @@ def _last_run(session: Session, name: str, *, lock: bool) -> datetime | None:
 
 
 def _mark_run(session: Session, name: str, now: datetime) -> None:
-    stmt = _dialect_insert(session, _JOBRUN).values(kind=name, last_run_at=now)
+    stmt = dialect_insert(session, _JOBRUN).values(kind=name, last_run_at=now)
     session.execute(stmt.on_conflict_do_update(index_elements=["kind"],
                                                set_={"last_run_at": now}))
 
@@ -942,7 +931,7 @@ def acquire_lease(db: Engine, holder: str, now: datetime, ttl: timedelta) -> boo
         if getattr(taken, "rowcount", 0) == 1:
             return True
         inserted = session.execute(
-            _dialect_insert(session, _LEASE)
+            dialect_insert(session, _LEASE)
             .values(name=LEASE_NAME, holder=holder, expires_at=expires)
             .on_conflict_do_nothing()
             .returning(_LEASE.c.name)
@@ -1047,7 +1036,7 @@ def _dry_run_kind(db: Engine, kind: ReminderKind, planner: _Planner
                        .where(col(Member.role).in_(sorted(kind.roles)),
                               ~exists().where(_RS.c.member_id == col(Member.id),
                                               _RS.c.kind == kind.name)))
-            session.execute(_dialect_insert(session, _RS)
+            session.execute(dialect_insert(session, _RS)
                             .from_select(["member_id", "kind", "next_due_at"], lacking)
                             .on_conflict_do_nothing())
             scheduled = int(session.execute(select(func.count()).select_from(_RS)

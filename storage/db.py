@@ -64,6 +64,17 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def dialect_insert(session: Session, table: Any) -> Any:
+    """Return an INSERT that can say ON CONFLICT, for the session's database."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
+
+
 def is_postgres(engine: Engine) -> bool:
     """Tell whether the engine talks to PostgreSQL."""
     return engine.dialect.name == "postgresql"

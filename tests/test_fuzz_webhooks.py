@@ -211,7 +211,7 @@ class Harness:
             assert answer.get_json()["outcome"] in ("ignored", "duplicate"), (
                 answer.get_json(), changed(before, after))
         if kind == "telegram" and answer.get_json()["outcome"] in (
-                "processed", "edited", "blocked", "unblocked"):
+                "processed", "error", "edited", "blocked", "unblocked"):
             assert logged == 1, (answer.get_json(), changed(before, after))
         if kind == "status":
             assert logged == 0  # a delivery report is not a message

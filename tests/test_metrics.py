@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from storage.db import make_engine, session_scope
 from storage.models import Alert, JobRun, Outbox, SchedulerLease, Village
 from tests.conftest import Clock, Demo
 from tests.fakes import payloads
+from tests.fakes.processes import free_port
 from tests.fakes.support import (
     SECRET,
     drain,
@@ -230,7 +230,8 @@ def test_telegram_webhook_outcomes_are_counted_once_each(
         raise RuntimeError("a handler bug")
 
     monkeypatch.setattr(engine, "_dispatch", crash)  # the engine apologises: still a 200
-    assert post_update(client, payloads.tg_text(5, chat, "halo")).status_code == 200
+    crashed = post_update(client, payloads.tg_text(5, chat, "halo"))
+    assert crashed.status_code == 200 and crashed.get_json()["outcome"] == "error"
     monkeypatch.setattr("bot.channels.telegram.process_update", crash)
     assert post_update(client, payloads.tg_text(6, chat, "halo")).status_code == 500
     assert webhooks(delta, "telegram") == {"handled": 2, "duplicate": 1, "ignored": 1,
@@ -399,12 +400,6 @@ def test_live_scheduler_ticks_ran_or_standby(client: FlaskClient, db: DbEngine,
 # --- the real thing: gunicorn workers and the worker subprocess ----------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str, timeout: float = 5) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - loopback
         return bytes(answer.read())
@@ -425,7 +420,7 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> 
 
 def test_serve_adds_up_every_process(tmp_path: Path, tg: FakeTelegram) -> None:
     """A webhook in one gunicorn worker, a send in the worker process: every scrape sees both."""
-    port = _free_port()
+    port = free_port()
     conf = tmp_path / "c.toml"
     conf.write_text(f"""
 [server]

@@ -35,12 +35,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine as DbEngine
 
 from storage.db import make_engine
+from tests.fakes.processes import free_port
 from tests.fakes.serve import (
     Household,
     Person,
     ServeProcess,
     Webhook,
-    free_port,
     message_for,
     populate,
     script,

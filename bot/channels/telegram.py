@@ -489,7 +489,8 @@ def _on_message(db: DbEngine, engine: Any, message: Message, external_id: str,
         return "duplicate"
     log.info("telegram update %s from %s: %s (%s)", external_id, mask_phone(address), kind,
              result.outcome)
-    return "processed"
+    # A handler that crashed was answered with an apology and recorded: say so.
+    return "error" if result.outcome == "error" else "processed"
 
 
 def _record(session: Any, external_id: str, kind: str, outcome: str, now: datetime,

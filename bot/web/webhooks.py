@@ -35,12 +35,11 @@ def telegram_update() -> Any:
         data = None
     if not isinstance(data, dict):
         abort(400, description="expected a Telegram Update as a JSON object")
-    tap = metrics.EngineTap(svc.engine)  # to tell a handler's crash from a handled message
     try:
-        outcome = telegram.process_update(svc.db, tap, svc.config, data)
+        outcome = telegram.process_update(svc.db, svc.engine, svc.config, data)
     except telegram.MalformedUpdate as exc:
         abort(400, description=str(exc))
-    metrics.set_outcome(metrics.telegram_outcome(outcome, tap))
+    metrics.set_outcome(metrics.telegram_outcome(outcome))
     return jsonify(ok=True, outcome=outcome)
 
 

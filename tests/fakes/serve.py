@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from storage.db import make_engine, session_scope, upgrade
 from storage.models import ChannelIdentity
 from storage.repo import FamilySpec, MemberSpec, create_family
 from tests.fakes.payloads import tg_text, twilio_inbound, twilio_signature
+from tests.fakes.processes import child_env, children, cmdline
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_URL = "https://bot.example.org"
@@ -48,13 +48,6 @@ TWILIO_TOKEN = "test-auth-token"
 # Words of the log that must never appear in a healthy run.
 BAD_LOG_WORDS = ("database is locked", "Traceback", " ERROR ", " CRITICAL ", "[ERROR]",
                  "[CRITICAL]", "WORKER TIMEOUT")
-
-
-def free_port() -> int:
-    """Return a TCP port of 127.0.0.1 that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- the population ----------------------------------------------------------------------
@@ -239,23 +232,6 @@ def message_for(person: Person, text: str, unique: int) -> Webhook:
 # --- the server process ------------------------------------------------------------------
 
 
-def children(pid: int) -> list[int]:
-    """Return the pids whose parent is `pid` (scanning /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # The command name (field 2) may hold spaces: the fields after it follow ')'.
-        fields = stat[stat.rfind(")") + 2:].split()
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return sorted(found)
-
-
 def group(pgid: int) -> list[int]:
     """Return the live pids of the process group `pgid` (scanning /proc)."""
     found = []
@@ -279,26 +255,25 @@ def kill_group(pgid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def rss_kb(pid: int) -> int:
-    """Return a process's resident memory in KiB (VmRSS), 0 when it is gone."""
+def _proc_kb(pid: int, file: str, key: str) -> int:
+    """Return a KiB figure from a line ``key: N kB`` of /proc/PID/file, 0 when it is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kb(pid: int) -> int:
+    """Return a process's resident memory in KiB (VmRSS), 0 when it is gone."""
+    return _proc_kb(pid, "status", "VmRSS:")
 
 
 def pss_kb(pid: int) -> int:
     """Return a process's proportional set size in KiB (shared pages divided), 0 if gone."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _proc_kb(pid, "smaps_rollup", "Pss:")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -309,21 +284,6 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     fields = stat[stat.rfind(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def child_env() -> dict[str, str]:
-    """Return this environment without any DESMIGRATIF_ setting (they override config)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DESMIGRATIF_")}
-    env["PTB_TIMEDELTA"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 class ServeProcess:
@@ -376,7 +336,7 @@ class ServeProcess:
         if self.proc is None or self.proc.poll() is not None:
             return {"master": [], "workers": [], "sender": []}
         children_ = children(self.proc.pid)
-        sender = [p for p in children_ if " worker" in _cmdline(p)]
+        sender = [p for p in children_ if "worker" in cmdline(p)]
         return {"master": [self.proc.pid], "sender": sender,
                 "workers": [p for p in children_ if p not in sender]}
 
