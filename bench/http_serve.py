@@ -1,6 +1,6 @@
 """Benchmark: inbound webhooks per second through the real ``desmigratif serve``.
 
-``desmigratif serve --no-scheduler`` (gunicorn, 2 sync workers, the sender subprocess)
+``desmigratif serve --no-scheduler`` (gunicorn, 2 sync workers, the worker subprocess)
 runs on a SQLite file in a temporary folder, with Telegram and WhatsApp pointed at the
 loopback fakes (running in this process) at the platforms' default rate limits. 200
 families are registered with linked chats (a parent abroad on WhatsApp, a carer on
@@ -11,7 +11,10 @@ as Telegram updates with the secret token and Twilio forms with a valid signatur
 The baseline, measured in the same run, before and after, with the same load generator:
 a bare Flask "hello" app under the same gunicorn settings (bind, 2 workers, sync class,
 timeouts, no access log). The ratio is desmigratif's messages/s over the mean of the two
-baseline runs (target >= 0.4).
+baseline runs (target >= 0.4). The webhooks store each message and answer (``[server]
+inbound = "queue"``, the default); the worker process runs the engine on what they
+stored. So the end-to-end rate is printed too: messages over the time from the first
+request to the last message processed, the queue's drain after each half included.
 
 Also the resident memory (VmRSS) of serve's processes: gunicorn master + workers + the
 sender subprocess, at start-up before any request, after half the messages and after
@@ -143,9 +146,12 @@ def desmigratif(workdir: Path, messages: int, procs: int, conns: int,
             time.sleep(2.0)  # let the workers and the sender settle
             rss_idle = serve.rss_mb()
             run_load("127.0.0.1", port, build(WARM_UP), procs=procs, conns=conns)
+            db = make_engine(url)
+            warm_drain = wait_processed(db)
             halves = [messages // 2, messages - messages // 2]
             phases: list[LoadResult] = []
             rss: list[dict[str, float]] = []
+            drains: list[float] = []
             cpu0 = serve.cpu()
             for half in halves:
                 started = time.perf_counter()
@@ -154,9 +160,11 @@ def desmigratif(workdir: Path, messages: int, procs: int, conns: int,
                 print(f"  built {half:,} requests in {built:.1f} s; sending...", flush=True)
                 phases.append(run_load("127.0.0.1", port, batch, procs=procs, conns=conns))
                 del batch
+                # Every accepted message processed (and its effects written) before the
+                # next half: the end-to-end rate counts that time too.
+                drains.append(wait_processed(db))
                 rss.append(serve.rss_mb())
             cpu1 = serve.cpu()
-            db = make_engine(url)
             with db.connect() as conn:
                 inbound = conn.execute(text("SELECT count(*) FROM inboundlog")).scalar_one()
                 failed = conn.execute(text("SELECT count(*) FROM inboundlog "
@@ -169,10 +177,27 @@ def desmigratif(workdir: Path, messages: int, procs: int, conns: int,
             bad = serve.bad_log_lines()
         finally:
             serve.stop()
-    return {"phases": phases, "rss_idle": rss_idle, "rss": rss, "inbound": inbound,
+    return {"phases": phases, "drains": drains, "warm_drain": warm_drain,
+            "rss_idle": rss_idle, "rss": rss, "inbound": inbound,
             "expected_inbound": WARM_UP + messages, "failed": failed, "queued": queued,
             "outbox": outbox, "delivered": delivered, "bad_log_lines": bad,
             "cpu": {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}}
+
+
+def wait_processed(db: Any, timeout: float = 1800.0) -> float:
+    """Wait until the inbound queue is empty; return how long that took, in seconds."""
+    from sqlalchemy import text
+
+    from bot.inbox import queue_db
+
+    started = time.perf_counter()
+    while True:
+        with queue_db(db).connect() as conn:
+            if not conn.execute(text("SELECT count(*) FROM inboundqueue")).scalar_one():
+                return time.perf_counter() - started
+        if time.perf_counter() - started > timeout:
+            raise SystemExit("the worker did not process the inbound queue in time")
+        time.sleep(0.05)
 
 
 def _merge(results: list[LoadResult]) -> LoadResult:
@@ -230,6 +255,10 @@ def main() -> None:
     hello_cpu_ms = (cpu_before + cpu_after) / bare_run.requests * 1000
     msg_cpu_ms = cpu["workers"] / run.requests * 1000
     sender_cpu_ms = cpu["sender"] / run.requests * 1000
+    # End to end: from the first request to the last message processed (its reply and
+    # relays in the outbox), both halves.
+    processed_s = sum(r.seconds for r in phases) + sum(got["drains"])
+    processed_rate = run.requests / processed_s
 
     def roles(r: dict[str, float]) -> str:
         return (f"master {r['master']:.0f} + workers {r['workers']:.0f} + sender "
@@ -244,6 +273,10 @@ def main() -> None:
           f"p50 {bare_run.percentile_ms(50):.1f} ms, p99 {bare_run.percentile_ms(99):.1f} ms; "
           f"non-2xx: {bare_run.non_2xx}")
     print(f"ratio:       {ratio:8.2f} (target >= 0.4)")
+    print(f"processed:   {processed_rate:8,.0f} messages/s end to end (webhook to outbox "
+          f"rows, by the worker process); the inbound queue emptied "
+          f"{got['drains'][0]:.1f} s and {got['drains'][1]:.1f} s after each half's last "
+          f"request")
     print(f"checks: {got['inbound']:,} inbound records for {got['expected_inbound']:,} "
           f"messages sent, {got['failed']} handled with an error, "
           f"{len(got['bad_log_lines'])} error lines in the log"
@@ -254,7 +287,8 @@ def main() -> None:
           f"delivered to the fakes by the end, {got['queued']:,} still queued")
     print(f"server CPU per webhook: gunicorn workers {msg_cpu_ms:.2f} ms (bare hello "
           f"{hello_cpu_ms:.2f} ms per request, CPU ratio {hello_cpu_ms / msg_cpu_ms:.2f}); "
-          f"sender subprocess {sender_cpu_ms:.2f} ms; over {run.seconds:.0f} s measured")
+          f"worker process (engine and sender) {sender_cpu_ms:.2f} ms; over "
+          f"{run.seconds:.0f} s measured")
     print(f"memory (VmRSS, MB): idle {rss_idle['total']:.0f} ({roles(rss_idle)}); "
           f"after {half:,} messages {rss_half['total']:.0f}; after {args.messages:,} "
           f"{rss_all['total']:.0f} ({roles(rss_all)}); growth over the second half "
@@ -284,6 +318,8 @@ def main() -> None:
         "worker_cpu_ms_per_msg": round(msg_cpu_ms, 3),
         "bare_cpu_ms_per_req": round(hello_cpu_ms, 3),
         "sender_cpu_ms_per_msg": round(sender_cpu_ms, 3),
+        "processed_msgs_per_s": round(processed_rate, 1),
+        "inbound_queue_drain_s": [round(d, 1) for d in got["drains"]],
         "loadgen_cpu_us_per_req": round(run.cpu_us_per_request, 1)}))
     if errors or got["failed"] or got["bad_log_lines"]:
         sys.exit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from flask import Flask, jsonify
@@ -25,6 +26,10 @@ class Services:
     config: Config
     db: DbEngine
     engine: Engine
+
+    def clock(self) -> datetime:
+        """Return the current instant (the engine's clock: tests move it)."""
+        return self.engine.clock()
 
 
 def services(app: Flask) -> Services:

@@ -299,6 +299,15 @@ def _run_worker(config: Config, *, scheduler: bool, stop: threading.Event) -> No
             sched.start()
     thread = threading.Thread(target=sender.run_forever, name="sender", daemon=True)
     thread.start()
+    # What webhooks stored (bot/inbox.py) is processed here, in its own thread, and wakes
+    # the sender at once so that replies do not wait for its next poll.
+    import handlers  # noqa: F401  (registers every command and flow)
+    from bot.engine import Engine
+    from bot.inbox import InboxWorker
+
+    inbox = InboxWorker(Engine(engine, config), on_processed=sender.wake_event.set)
+    inbox_thread = threading.Thread(target=inbox.run_forever, name="inbox", daemon=True)
+    inbox_thread.start()
     parent = os.environ.get(PARENT_ENV, "")
     while not stop.wait(1.0):
         # Started by `serve`: when serve is gone (even killed with SIGKILL, which runs
@@ -306,6 +315,8 @@ def _run_worker(config: Config, *, scheduler: bool, stop: threading.Event) -> No
         if parent.isdecimal() and os.getppid() != int(parent):
             log.warning("serve (pid %s) is gone: the worker stops", parent)
             break
+    inbox.stop()
+    inbox_thread.join(timeout=10)
     sender.stop()
     if sched is not None:
         sched.shutdown()

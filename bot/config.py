@@ -39,6 +39,9 @@ class ServerConfig:
     secret_key: str = ""
     behind_proxy: bool = False
     metrics: bool = True  # GET /metrics (Prometheus); unauthenticated, keep it internal
+    # "queue": webhooks store the message and answer; the worker processes it (bot/inbox.py).
+    # "inline": the webhook runs the engine before answering (one process, no worker).
+    inbound: str = "queue"
 
 
 @dataclass
@@ -276,6 +279,8 @@ def _validate(cfg: Config) -> None:
     for key in ("retention_days", "tick_seconds"):
         if getattr(cfg.scheduler, key) < 1:
             raise ConfigError(f"[scheduler] {key}: expected at least 1")
+    if cfg.server.inbound not in ("queue", "inline"):
+        raise ConfigError('[server] inbound: expected "queue" or "inline"')
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("[logging] level: expected DEBUG, INFO, WARNING or ERROR")
 

@@ -98,6 +98,12 @@ WEBHOOK_SECONDS = Histogram(
     "Time to handle one webhook request (authentication, parsing, the conversation, "
     "the database), by channel.",
     ["channel"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+INBOUND_PROCESSED = Counter(
+    "desmigratif_inbound_processed",
+    "Messages the worker took from the inbound queue, by channel and outcome: processed, "
+    "duplicate (already handled), ignored, error (a handler failed; the person was "
+    "answered with an apology), malformed or given_up (logged, dropped).",
+    ["channel", "outcome"])
 SENDS = Counter(
     "desmigratif_sends",
     "Delivery attempts settled by the sender, by channel and result: sent, retry "
@@ -209,7 +215,7 @@ def engine_outcome(result: Any) -> str:
 
 def telegram_outcome(outcome: str) -> str:
     """Return the webhook outcome of what ``telegram.process_update`` said it did."""
-    if outcome in ("duplicate", "ignored", "error"):
+    if outcome in ("duplicate", "ignored", "error", "queued"):
         return outcome
     return "handled"  # a message, an edit, a block or an unblock
 
@@ -217,6 +223,12 @@ def telegram_outcome(outcome: str) -> str:
 def status_outcome(outcome: str) -> str:
     """Return the webhook outcome of a Twilio status callback (``record_status``'s answer)."""
     return "ignored" if outcome in ("unknown", "ignored") else "handled"
+
+
+@_harmless
+def inbound_processed(channel: str, outcome: str) -> None:
+    """Count one message the worker took from the inbound queue (bot/inbox.py)."""
+    INBOUND_PROCESSED.labels(channel, outcome).inc()
 
 
 # --- the sender -------------------------------------------------------------------------
@@ -328,6 +340,23 @@ def read_engine(db: DbEngine) -> DbEngine:
         return found[1]
 
 
+def inbox_waiting(db: DbEngine, conn: Connection, now: datetime) -> tuple[int, float]:
+    """Return the inbound queue's length and oldest age, where the queue is (bot/inbox.py).
+
+    `conn` reads the database itself; a queue in a file of its own is read with a reader
+    of that file (no file yet: no webhook has been stored, nothing waits).
+    """
+    from bot.inbox import queue_file, waiting
+
+    path = queue_file(db.url)
+    if path is None:
+        return waiting(conn, now)
+    if not path.exists():
+        return 0, 0.0
+    with reader_for(f"sqlite:///{path}").connect() as side:
+        return waiting(side, now)
+
+
 def _seconds(delta: timedelta) -> float:
     return round(max(0.0, delta.total_seconds()), 3)
 
@@ -423,7 +452,16 @@ class DatabaseCollector(Collector):
             "When each periodic job last ran, as a Unix time.", labels=["kind"])
         for kind, last in conn.execute(select(_JOBRUN.c.kind, _JOBRUN.c.last_run_at)):
             jobs.add_metric([kind], last.timestamp())
-        return [depth, due, age, alerts, held, jobs]
+        count, age_s = inbox_waiting(self.db, conn, now)
+        inbox = GaugeMetricFamily(
+            "desmigratif_inbound_queue_messages",
+            "Messages webhooks accepted that the worker has not processed yet.")
+        inbox.add_metric([], count)
+        inbox_age = GaugeMetricFamily(
+            "desmigratif_inbound_queue_oldest_age_seconds",
+            "How long the oldest unprocessed inbound message has waited (0 when none).")
+        inbox_age.add_metric([], age_s)
+        return [depth, due, age, alerts, held, jobs, inbox, inbox_age]
 
 
 class _Process(Collector):
@@ -485,6 +523,7 @@ def status_snapshot(db: DbEngine, now: datetime) -> dict[str, Any]:
             open_alerts, escalated, oldest_alert = conn.execute(
                 select(func.count(), func.sum(case((a.escalated, 1), else_=0)),
                        func.min(a.created_at)).where(a.status == "open")).one()
+            inbox_count, inbox_age = inbox_waiting(db, conn, now)
             lease = _lease(conn)
             jobs = conn.execute(select(_JOBRUN.c.kind, _JOBRUN.c.last_run_at)
                                 .order_by(_JOBRUN.c.kind)).all()
@@ -500,6 +539,8 @@ def status_snapshot(db: DbEngine, now: datetime) -> dict[str, Any]:
         "oldest_due_age_s": _seconds(now - oldest) if oldest is not None else None,
         "delivered": dict(sorted(delivered.items())),
         "inbound_last_hour": dict(sorted(inbound.items())),
+        "inbound_queue": {"waiting": inbox_count,
+                          "oldest_age_s": inbox_age if inbox_count else None},
         "alerts": {"open": int(open_alerts or 0), "escalated": int(escalated or 0),
                    "oldest_open_age_s": _seconds(now - oldest_alert)
                    if oldest_alert is not None else None},
@@ -550,6 +591,9 @@ def format_status(snap: dict[str, Any]) -> str:
     lines += ["", "Inbound messages, last hour"]
     lines += _table(["channel", "messages"], [[ch, n] for ch, n in
                                               snap["inbound_last_hour"].items()])
+    queue = snap["inbound_queue"]
+    lines.append(f"  accepted, not processed yet: {queue['waiting']}"
+                 + (f", oldest {_ago(queue['oldest_age_s'])}" if queue["waiting"] else ""))
     alerts = snap["alerts"]
     lines += ["", f"Safety alerts open: {alerts['open']}"
               + (f" ({alerts['escalated']} escalated), oldest {_ago(alerts['oldest_open_age_s'])}"

@@ -64,9 +64,10 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def dialect_insert(session: Session, table: Any) -> Any:
-    """Return an INSERT that can say ON CONFLICT, for the session's database."""
-    if session.get_bind().dialect.name == "postgresql":
+def dialect_insert(bind: Session | Engine, table: Any) -> Any:
+    """Return an INSERT that can say ON CONFLICT, for the session's (or engine's) database."""
+    engine = bind.get_bind() if isinstance(bind, Session) else bind
+    if engine.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         return pg_insert(table)

@@ -116,6 +116,29 @@ class InboundLog(SQLModel, table=True):
     received_at: datetime = Field(index=True)
 
 
+class InboundQueue(SQLModel, table=True):
+    """A message a webhook accepted and the worker has not processed yet (bot/inbox.py).
+
+    Written before the webhook answers 200 and deleted once the engine has handled it, so
+    it holds a message's text for seconds, not days. Only the oldest row of a chat can be
+    claimed, which keeps each chat's messages in order across any number of workers.
+    """
+
+    __table_args__ = (
+        UniqueConstraint("channel", "external_id", name="uq_inboundqueue_external"),
+        Index("ix_inboundqueue_chat", "chat_key", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=16)
+    external_id: str = Field(max_length=80)
+    chat_key: str = Field(max_length=100)  # channel and chat: the unit of ordering
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    received_at: datetime
+    available_at: datetime  # claimable from then on (a lease or a retry pushes it later)
+    attempts: int = 0
+
+
 class Outbox(SQLModel, table=True):
     """A message to send: written in the transaction that produced it, sent after commit."""
 

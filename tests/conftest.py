@@ -110,6 +110,10 @@ def config(db_url: str) -> Config:
     """Return a configuration pointing at the test database."""
     cfg = load_config(env={})
     cfg.database.url = db_url
+    # In-process tests post webhooks and look at what the engine did at once: inline.
+    # The queue (the default) has its own tests (tests/test_inbox.py), and every test
+    # that runs `serve` (crash, soak, metrics) runs it.
+    cfg.server.inbound = "inline"
     return cfg
 
 

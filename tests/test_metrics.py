@@ -459,7 +459,8 @@ json = true
             headers={"Content-Type": "application/json",
                      "X-Telegram-Bot-Api-Secret-Token": SECRET})
         with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
-            assert json.loads(answer.read())["outcome"] == "processed"
+            # Stored and answered; the worker process runs the engine and sends the reply.
+            assert json.loads(answer.read())["outcome"] == "queued"
         _wait_for(lambda: len(tg.texts_for(4242)) == 1, "the worker process to send the reply")
 
         def scraped() -> Samples:
@@ -471,7 +472,10 @@ json = true
         for _ in range(12):  # each a new connection: both gunicorn workers answer some
             s = scraped()
             assert value(s, "desmigratif_webhooks_total", channel="telegram",
-                         outcome="handled") == 1
+                         outcome="queued") == 1
+            assert value(s, "desmigratif_inbound_processed_total", channel="telegram",
+                         outcome="processed") == 1
+            assert value(s, "desmigratif_inbound_queue_messages") == 0
             assert value(s, "desmigratif_webhook_duration_seconds_count",
                          channel="telegram") == 1
             assert value(s, "desmigratif_sends_total", channel="telegram", result="sent") == 1
@@ -494,7 +498,7 @@ json = true
     lines = [line for line in (tmp_path / "stderr").read_text().splitlines() if line.strip()]
     entries = [json.loads(line) for line in lines]
     loggers = {e["logger"] for e in entries}
-    assert "gunicorn.error" in loggers and "bot.sender" in loggers, loggers
+    assert {"gunicorn.error", "bot.sender", "bot.inbox"} <= loggers, loggers
     assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
 
 

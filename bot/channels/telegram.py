@@ -23,9 +23,7 @@ Reusing a Bot across ``asyncio.run`` calls breaks keep-alive connections (TECH_N
 from __future__ import annotations
 
 import asyncio
-import hmac
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -35,7 +33,7 @@ from collections.abc import Coroutine
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.exc import IntegrityError
@@ -55,6 +53,13 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 
 from bot.channels.base import MAX_LENGTH, PACE, SendResult
+from bot.channels.telegram_wire import (  # noqa: F401  (re-exported for callers)
+    SECRET_HEADER,
+    MalformedUpdate,
+    _whole,
+    check_update,
+    secret_ok,
+)
 from bot.config import Config
 from bot.i18n import N_
 from bot.messages import Inbound, Outbound, t
@@ -74,7 +79,6 @@ if importlib.util.find_spec("sniffio") is None:
 # Read at run time by python-telegram-bot: retry_after as a timedelta, no warnings.
 os.environ.setdefault("PTB_TIMEDELTA", "1")
 
-SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 - a header name
 WEBHOOK_PATH = "/webhooks/telegram"
 # The update kinds we ask Telegram for (webhook and polling alike).
 ALLOWED_UPDATES = ["message", "edited_message", "channel_post", "my_chat_member",
@@ -94,15 +98,8 @@ _MEDIA_KINDS = (
 )
 
 
-# Ids and dates are 64-bit signed integers at Telegram (chat ids need 52 bits).
-_MAX_INT = 2**63
-_KIND_NAMES = {"int": "a whole number", "str": "a string", "bool": "true or false"}
 # A deep-link start parameter is up to 64 of [A-Za-z0-9_-] (Telegram refuses the rest).
 _NOT_IN_CODE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-class MalformedUpdate(ValueError):
-    """A webhook body that is not a Telegram Update."""
 
 
 def utcnow() -> datetime:
@@ -332,91 +329,9 @@ def describe_error(exc: BaseException, config: Config) -> str | None:
 # --- inbound ---------------------------------------------------------------------------
 
 
-def secret_ok(config: Config, header: str | None) -> bool:
-    """Tell, in constant time, whether a webhook carries our secret token."""
-    secret = config.telegram.webhook_secret
-    if not secret or header is None:
-        return False
-    return hmac.compare_digest(header.encode("utf-8", "replace"), secret.encode())
-
-
-def _whole(value: Any) -> TypeGuard[int]:
-    """Tell whether a JSON value is an id or a date as Telegram sends them (64-bit)."""
-    return isinstance(value, int) and not isinstance(value, bool) and -_MAX_INT < value < _MAX_INT
-
-
-def _object(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise MalformedUpdate(f"{where}: expected an object")
-    return value
-
-
-def _field(obj: dict[str, Any], key: str, where: str, kind: str, *,
-           optional: bool = False) -> None:
-    """Refuse a field of the wrong type (python-telegram-bot takes whatever it is given)."""
-    if key not in obj and optional:
-        return
-    value = obj.get(key)
-    ok = {"int": _whole, "str": lambda v: isinstance(v, str),
-          "bool": lambda v: isinstance(v, bool)}[kind](value)
-    if not ok:
-        raise MalformedUpdate(f"{where}.{key}: expected {_KIND_NAMES[kind]}")
-
-
-def _check_chat_and_sender(obj: dict[str, Any], where: str, *, sender_optional: bool) -> None:
-    chat = _object(obj.get("chat"), f"{where}.chat")
-    _field(chat, "id", f"{where}.chat", "int")
-    _field(chat, "type", f"{where}.chat", "str")
-    if "from" in obj or not sender_optional:
-        user = _object(obj.get("from"), f"{where}.from")
-        _field(user, "id", f"{where}.from", "int")
-        _field(user, "is_bot", f"{where}.from", "bool")
-        _field(user, "first_name", f"{where}.from", "str", optional=True)
-    _field(obj, "date", where, "int")
-
-
-def _check_shape(data: dict[str, Any]) -> None:
-    """Refuse an Update whose fields we act on are missing or of the wrong type.
-
-    ``Update.de_json`` checks no types: a caption that is a list or a message without a
-    chat would otherwise reach the engine and break there. Only the kinds we act on are
-    checked, and only the fields we read.
-    """
-    for kind in ("message", "edited_message"):
-        if data.get(kind) is None:
-            continue
-        message = _object(data[kind], kind)
-        _field(message, "message_id", kind, "int")
-        _check_chat_and_sender(message, kind, sender_optional=True)
-        for key in ("text", "caption"):
-            _field(message, key, kind, "str", optional=True)
-        entities = message.get("entities", [])
-        if not isinstance(entities, list):
-            raise MalformedUpdate(f"{kind}.entities: expected a list")
-        for item in entities:
-            entity = _object(item, f"{kind}.entities[]")
-            for key, type_ in (("offset", "int"), ("length", "int"), ("type", "str")):
-                _field(entity, key, f"{kind}.entities[]", type_)
-    if data.get("my_chat_member") is not None:
-        change = _object(data["my_chat_member"], "my_chat_member")
-        _check_chat_and_sender(change, "my_chat_member", sender_optional=False)
-        for key in ("old_chat_member", "new_chat_member"):
-            member = _object(change.get(key), f"my_chat_member.{key}")
-            _field(member, "status", f"my_chat_member.{key}", "str")
-            _object(member.get("user"), f"my_chat_member.{key}.user")
-    try:
-        # A lone surrogate (a "\ud800" escape) cannot be stored or sent anywhere.
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise MalformedUpdate("strings must be valid Unicode") from exc
-
-
 def _parse(data: dict[str, Any]) -> Update | None:
     """Parse an Update; None for one of a kind we ignore that this library cannot read."""
-    update_id = data.get("update_id")
-    if not _whole(update_id) or update_id < 0:
-        raise MalformedUpdate("update_id: expected a whole number")
-    _check_shape(data)
+    check_update(data)
     try:
         update = Update.de_json(data, bot=None)
     except Exception as exc:  # de_json raises whatever a broken shape makes it raise

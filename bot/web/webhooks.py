@@ -1,8 +1,10 @@
 """Webhooks: Telegram updates, Twilio WhatsApp messages and Twilio delivery reports.
 
 Each view authenticates first (nothing is read or stored for a request that fails),
-hands the body to its channel module, and answers at once: what the bot says back goes
-through the outbox and the sender, never inline. A malformed body gets a 4xx with a
+checks the body's shape, and then, with ``[server] inbound = "queue"`` (the default),
+stores the message for the worker and answers at once (bot/inbox.py); with "inline" it
+runs the engine before answering. What the bot says back goes through the outbox and the
+sender either way, never inline in the answer. A malformed body gets a 4xx with a
 short reason; a platform that redelivers gets the same 200 and nothing is done twice.
 """
 
@@ -12,8 +14,9 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
-from bot import metrics
+from bot import inbox, metrics
 from bot.app import services
+from bot.channels import twilio_wire as wire
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
@@ -21,13 +24,13 @@ bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 @bp.post("/telegram")
 @metrics.webhook("telegram")
 def telegram_update() -> Any:
-    """Take one Telegram Update."""
+    """Take one Telegram Update: store it for the worker, or handle it here (inline)."""
     svc = services(current_app)
     if not svc.config.telegram_enabled:
         abort(404, description="Telegram is not configured here")
-    from bot.channels import telegram
+    from bot.channels import telegram_wire as wire
 
-    if not telegram.secret_ok(svc.config, request.headers.get(telegram.SECRET_HEADER)):
+    if not wire.secret_ok(svc.config, request.headers.get(wire.SECRET_HEADER)):
         abort(403, description="wrong or missing secret token")
     try:
         data = request.get_json(force=True, silent=True)
@@ -36,25 +39,30 @@ def telegram_update() -> Any:
     if not isinstance(data, dict):
         abort(400, description="expected a Telegram Update as a JSON object")
     try:
-        outcome = telegram.process_update(svc.db, svc.engine, svc.config, data)
-    except telegram.MalformedUpdate as exc:
+        update_id = wire.check_update(data)
+        if svc.config.server.inbound == "queue":
+            stored = inbox.accept(svc.db, channel="telegram", external_id=str(update_id),
+                                  chat_key=wire.chat_key(data), payload=data,
+                                  now=svc.clock())
+            outcome = "queued" if stored else "duplicate"
+        else:
+            from bot.channels import telegram
+
+            outcome = telegram.process_update(svc.db, svc.engine, svc.config, data)
+    except wire.MalformedUpdate as exc:
         abort(400, description=str(exc))
     metrics.set_outcome(metrics.telegram_outcome(outcome))
     return jsonify(ok=True, outcome=outcome)
 
 
-def _twilio_checked(path: str) -> Any:
-    """Refuse a Twilio request that is not signed for our public URL; return the module."""
+def _twilio_checked(path: str) -> None:
+    """Refuse a Twilio request that is not signed for our public URL."""
     svc = services(current_app)
     if not svc.config.whatsapp_enabled:
         abort(404, description="WhatsApp is not configured here")
-    from bot.channels import whatsapp
-
-    signature = request.headers.get(whatsapp.SIGNATURE_HEADER)
-    if not whatsapp.signature_ok(svc.config, path, request.query_string, request.form,
-                                 signature):
+    signature = request.headers.get(wire.SIGNATURE_HEADER)
+    if not wire.signature_ok(svc.config, path, request.query_string, request.form, signature):
         abort(403, description="invalid or missing Twilio signature")
-    return whatsapp
 
 
 def _twiml(body: str) -> Response:
@@ -64,28 +72,38 @@ def _twiml(body: str) -> Response:
 @bp.post("/twilio")
 @metrics.webhook("whatsapp")
 def twilio_message() -> Any:
-    """Take one WhatsApp message from Twilio; answer with empty TwiML."""
-    whatsapp = _twilio_checked("/webhooks/twilio")
+    """Take one WhatsApp message from Twilio: store it for the worker, or handle it here
+    (inline); answer with empty TwiML either way."""
+    _twilio_checked(wire.INBOUND_PATH)
     svc = services(current_app)
-    now = svc.engine.clock()
+    now = svc.clock()
     try:
-        inbound = whatsapp.parse_inbound(request.form, now)
-    except whatsapp.MalformedForm as exc:
+        inbound = wire.parse_inbound(request.form, now)
+    except wire.MalformedForm as exc:
         abort(400, description=str(exc))
-    result = svc.engine.handle(inbound, now=now) if inbound is not None else None
-    metrics.set_outcome(metrics.engine_outcome(result))
-    return _twiml(whatsapp.EMPTY_TWIML)
+    if inbound is None:
+        metrics.set_outcome("ignored")
+    elif svc.config.server.inbound == "queue":
+        stored = inbox.accept(svc.db, channel="whatsapp", external_id=inbound.external_id,
+                              chat_key=inbound.address, payload=inbox.whatsapp_payload(inbound),
+                              now=now)
+        metrics.set_outcome("queued" if stored else "duplicate")
+    else:
+        metrics.set_outcome(metrics.engine_outcome(svc.engine.handle(inbound, now=now)))
+    return _twiml(wire.EMPTY_TWIML)
 
 
 @bp.post("/twilio/status")
 @metrics.webhook("twilio_status")
 def twilio_status() -> Any:
     """Take one Twilio delivery report."""
-    whatsapp = _twilio_checked("/webhooks/twilio/status")
+    _twilio_checked("/webhooks/twilio/status")
+    from bot.channels import whatsapp
+
     svc = services(current_app)
     try:
-        outcome = whatsapp.record_status(svc.db, svc.config, request.form, svc.engine.clock())
-    except whatsapp.MalformedForm as exc:
+        outcome = whatsapp.record_status(svc.db, svc.config, request.form, svc.clock())
+    except wire.MalformedForm as exc:
         abort(400, description=str(exc))
     metrics.set_outcome(metrics.status_outcome(outcome))
-    return _twiml(whatsapp.EMPTY_TWIML)
+    return _twiml(wire.EMPTY_TWIML)
