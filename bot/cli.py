@@ -285,6 +285,11 @@ def _run_worker(config: Config, *, scheduler: bool, stop: threading.Event) -> No
     from bot.channels import build_channels
     from bot.sender import Sender
 
+    if os.environ.get(PARENT_ENV) and config.server.worker_nice:
+        # Beside serve's web workers on one machine: they answer platforms that wait,
+        # this works through queues that can wait a little.
+        os.nice(config.server.worker_nice)
+
     engine = _db(config)
     channels = build_channels(config)
     sender = Sender(engine, config, channels)

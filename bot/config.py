@@ -40,8 +40,11 @@ class ServerConfig:
     behind_proxy: bool = False
     metrics: bool = True  # GET /metrics (Prometheus); unauthenticated, keep it internal
     # "queue": webhooks store the message and answer; the worker processes it (bot/inbox.py).
-    # "inline": the webhook runs the engine before answering (one process, no worker).
+    # "inline": the webhook runs the engine before answering.
     inbound: str = "queue"
+    # The worker process serve starts runs this much nicer (0-19): in a burst the webhooks
+    # are answered first and the worker catches up after.
+    worker_nice: int = 10
 
 
 @dataclass
@@ -279,6 +282,8 @@ def _validate(cfg: Config) -> None:
     for key in ("retention_days", "tick_seconds"):
         if getattr(cfg.scheduler, key) < 1:
             raise ConfigError(f"[scheduler] {key}: expected at least 1")
+    if not 0 <= cfg.server.worker_nice <= 19:
+        raise ConfigError("[server] worker_nice: expected 0 to 19")
     if cfg.server.inbound not in ("queue", "inline"):
         raise ConfigError('[server] inbound: expected "queue" or "inline"')
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
