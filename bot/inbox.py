@@ -112,13 +112,15 @@ def queue_db(db: DbEngine) -> DbEngine:
 
 
 def accept(db: DbEngine, *, channel: str, external_id: str, chat_key: str,
-           payload: dict[str, Any], now: datetime) -> bool:
+           payload: str | dict[str, Any], now: datetime) -> bool:
     """Store one message for the worker; False when the same one is already waiting.
 
     `db` is the application's database; the message goes to its queue (queue_db).
+    `payload` is JSON, as text or to be serialised.
     """
-    values = (channel, external_id[:80], chat_key[:100],
-              json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+    if not isinstance(payload, str):
+        payload = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    values = (channel, external_id[:80], chat_key[:100], payload)
     path = queue_file(db.url)
     if path is not None:
         return _spool(db, path).insert(*values, now)

@@ -99,21 +99,21 @@ def _check_shape(data: dict[str, Any]) -> None:
             member = _object(change.get(key), f"my_chat_member.{key}")
             _field(member, "status", f"my_chat_member.{key}", "str")
             _object(member.get("user"), f"my_chat_member.{key}.user")
-    try:
-        # A lone surrogate (a "\ud800" escape) cannot be stored or sent anywhere.
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise MalformedUpdate("strings must be valid Unicode") from exc
 
 
-
-def check_update(data: dict[str, Any]) -> int:
-    """Refuse what is not an Update we can act on; return its update_id."""
+def check_update(data: dict[str, Any]) -> tuple[int, str]:
+    """Refuse what is not an Update we can act on; return its update_id and its JSON."""
     update_id = data.get("update_id")
     if not _whole(update_id) or update_id < 0:
         raise MalformedUpdate("update_id: expected a whole number")
     _check_shape(data)
-    return update_id
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    try:
+        # A lone surrogate (a "\ud800" escape) cannot be stored or sent anywhere.
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MalformedUpdate("strings must be valid Unicode") from exc
+    return update_id, text
 
 
 def chat_key(data: dict[str, Any]) -> str:

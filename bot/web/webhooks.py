@@ -10,9 +10,11 @@ short reason; a platform that redelivers gets the same 200 and nothing is done t
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, jsonify, request
+from flask import Blueprint, Response, abort, current_app, request
 
 from bot import inbox, metrics
 from bot.app import services
@@ -39,10 +41,10 @@ def telegram_update() -> Any:
     if not isinstance(data, dict):
         abort(400, description="expected a Telegram Update as a JSON object")
     try:
-        update_id = wire.check_update(data)
+        update_id, payload = wire.check_update(data)
         if svc.config.server.inbound == "queue":
             stored = inbox.accept(svc.db, channel="telegram", external_id=str(update_id),
-                                  chat_key=wire.chat_key(data), payload=data,
+                                  chat_key=wire.chat_key(data), payload=payload,
                                   now=svc.clock())
             outcome = "queued" if stored else "duplicate"
         else:
@@ -52,7 +54,17 @@ def telegram_update() -> Any:
     except wire.MalformedUpdate as exc:
         abort(400, description=str(exc))
     metrics.set_outcome(metrics.telegram_outcome(outcome))
-    return jsonify(ok=True, outcome=outcome)
+    return _answer(outcome)
+
+
+@functools.lru_cache(maxsize=32)
+def _answer_body(outcome: str) -> bytes:
+    return json.dumps({"ok": True, "outcome": outcome}).encode() + b"\n"
+
+
+def _answer(outcome: str) -> Response:
+    """Return Telegram's answer, {"ok": true, "outcome": ...} (made once per outcome)."""
+    return Response(_answer_body(outcome), status=200, mimetype="application/json")
 
 
 def _twilio_checked(path: str) -> None:
