@@ -7,6 +7,7 @@ with a one-line reason on stderr and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -399,24 +400,103 @@ def _metrics_dir(*, create: bool, clean: bool) -> tuple[str | None, bool]:
     return given, False
 
 
+# The name the worker forked by serve shows in ps and /proc/PID/comm (15 bytes at most).
+WORKER_PROCESS_NAME = "desmigratif-wkr"
+
+
+def _name_process(name: str) -> None:
+    """Set this process's name (Linux ``prctl(PR_SET_NAME)``); best effort elsewhere."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)
+
+
+def _fork_worker(config: Config, *, scheduler: bool) -> int:
+    """Fork the worker from serve's process; return its pid (in the parent).
+
+    Forked rather than started afresh: it shares with the web workers every page of
+    code and data the master loaded (SQLAlchemy, the models, the handlers, both
+    platforms' libraries), which a new interpreter would load again (about 80 MB).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:  # the child: never returns into serve's code
+        _name_process(WORKER_PROCESS_NAME)
+        # Stops when serve is gone, even killed with SIGKILL (see _run_worker).
+        os.environ[PARENT_ENV] = str(parent)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        _run_worker(config, scheduler=scheduler, stop=stop)
+    except BaseException:
+        log.exception("the worker failed")
+        code = 1
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _stop_forked(pid: int, *, timeout: float = 20.0) -> None:
+    """Ask a forked child to stop and wait for it (gunicorn may have reaped it already)."""
+    import time
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return  # reaped by gunicorn's SIGCHLD handler, which waits for any child
+        if done:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve HTTP with gunicorn and run a worker process beside it."""
+    """Serve HTTP with gunicorn and run a worker process beside it.
+
+    Memory: the application, and what the worker needs, are loaded once in this process;
+    the gunicorn workers (``preload_app``) and the worker are forked from it and share
+    those pages. The garbage collector's view of them is frozen first (``gc.freeze``), so
+    that collections in the children do not write to, and so copy, the shared pages.
+    """
+    import gc
+
     from gunicorn.app.base import BaseApplication
 
     # First of all: before anything imports prometheus_client (see _metrics_dir).
     metrics_dir, made_dir = _metrics_dir(create=True, clean=True)
     config = _config(args)
     _setup_logging(config)
-    _db(config)  # refuse an old schema before binding the port
+    _db(config).dispose()  # refuse an old schema before binding the port
     host = args.host or config.server.host
     port = args.port or config.server.port
     workers = args.workers or config.server.workers
-    worker_cmd = [sys.executable, "-m", "bot", "worker"]
-    if getattr(args, "config_path", None):
-        worker_cmd += ["--config", args.config_path]
-    if args.no_scheduler:
-        worker_cmd.append("--no-scheduler")
     children: list[subprocess.Popen[bytes]] = []
+
+    from bot.app import create_app
+
+    # Opens no connection and starts no thread: safe to fork after.
+    app = create_app(config)
+    db = app.extensions["desmigratif"].db
+    import bot.channels.telegram  # noqa: F401  (what the worker loads: shared too)
+    import bot.channels.whatsapp  # noqa: F401
+    import bot.scheduler  # noqa: F401
+    import bot.sender  # noqa: F401
+
+    gc.freeze()
+    worker_pid = _fork_worker(config, scheduler=not args.no_scheduler)
 
     class App(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -434,19 +514,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # Gunicorn's own log in the app's format (JSON lines when configured).
             self.cfg.set("logger_class", gunicorn_logger_class())
             self.cfg.set("loglevel", config.logging.level.lower())
+            self.cfg.set("preload_app", True)
+            self.cfg.set("post_fork", _post_fork)
             self.cfg.set("when_ready", _when_ready)
             self.cfg.set("child_exit", _child_exit)
             self.cfg.set("on_exit", _on_exit)
 
         def load(self) -> Any:
-            from bot.app import create_app
+            return app
 
-            # Built in each worker after the fork: no shared connections or threads.
-            return create_app(config)
+    def _post_fork(_server: Any, _worker: Any) -> None:
+        # No connection crosses a fork: each worker opens its own (there are none yet;
+        # this keeps it so whatever the master did).
+        db.dispose(close=False)
 
     def _when_ready(_server: Any) -> None:
-        children.append(subprocess.Popen(worker_cmd,
-                                         env={**os.environ, PARENT_ENV: str(os.getpid())}))
         if args.telegram_polling:
             children.append(subprocess.Popen(
                 [sys.executable, "-m", "bot.channels.polling"]
@@ -468,9 +550,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def _child_exit(_server: Any, worker: Any) -> None:
         _mark_dead(worker.pid)
 
+    stopped: list[bool] = []
+
     def _on_exit(_server: Any) -> None:
+        if stopped:
+            return
+        stopped.append(True)
         for child in children:
             child.terminate()
+        _stop_forked(worker_pid)
+        _mark_dead(worker_pid)
         for child in children:
             try:
                 child.wait(timeout=15)
@@ -481,7 +570,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if made_dir and metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
-    App().run()
+    try:
+        App().run()
+    finally:
+        _on_exit(None)  # also when gunicorn gave up before it ran (a port in use)
     return 0
 
 

@@ -64,6 +64,7 @@ from tests.fakes.processes import (
     children,
     cmdline,
     free_port,
+    is_worker,
     log_has,
     wait_until,
     write_config,
@@ -482,7 +483,7 @@ def deliveries_for(chats: dict[int, tuple[str, str]], parents: list[int], n: int
 
 def gunicorn_workers(master: int) -> list[int]:
     """Return the gunicorn worker processes of a serve (not its sender subprocess)."""
-    return [pid for pid in children(master) if "worker" not in cmdline(pid)[:4]]
+    return [pid for pid in children(master) if not is_worker(pid)]
 
 
 def queue_empty(db: DbEngine) -> bool:
@@ -608,7 +609,7 @@ def test_the_worker_stops_when_serve_is_killed(pg_url: str, tmp_path: Path,
     serve = procs.start("serve", "serve", "--no-scheduler", "--port", str(port))
     wait_until(lambda: healthy(f"http://127.0.0.1:{port}"), timeout=60,
                what="serve to answer /healthz", procs=procs, watch=(serve,), interval=0.1)
-    workers = [pid for pid in children(serve.pid) if "worker" in cmdline(pid)]
+    workers = [pid for pid in children(serve.pid) if is_worker(pid)]
     assert len(workers) == 1, [cmdline(pid) for pid in children(serve.pid)]
     serve.crash()  # the master alone: its children are orphaned, not signalled
     wait_until(lambda: not _running(workers[0]), timeout=30,

@@ -214,6 +214,22 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def comm(pid: int) -> str:
+    """Return a process's name (/proc/PID/comm; "" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def is_worker(pid: int) -> bool:
+    """Tell whether a process is a desmigratif worker: forked by serve (named so) or
+    started as ``desmigratif worker``."""
+    from bot.cli import WORKER_PROCESS_NAME
+
+    return comm(pid) == WORKER_PROCESS_NAME or "worker" in cmdline(pid)[:4]
+
+
 def cmdline(pid: int) -> list[str]:
     """Return a process's command line ([] once it is gone)."""
     try:

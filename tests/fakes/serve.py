@@ -37,7 +37,7 @@ from storage.db import make_engine, session_scope, upgrade
 from storage.models import ChannelIdentity
 from storage.repo import FamilySpec, MemberSpec, create_family
 from tests.fakes.payloads import tg_text, twilio_inbound, twilio_signature
-from tests.fakes.processes import child_env, children, cmdline
+from tests.fakes.processes import child_env, children, is_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_URL = "https://bot.example.org"
@@ -336,7 +336,7 @@ class ServeProcess:
         if self.proc is None or self.proc.poll() is not None:
             return {"master": [], "workers": [], "sender": []}
         children_ = children(self.proc.pid)
-        sender = [p for p in children_ if "worker" in cmdline(p)]
+        sender = [p for p in children_ if is_worker(p)]
         return {"master": [self.proc.pid], "sender": sender,
                 "workers": [p for p in children_ if p not in sender]}
 
