@@ -412,7 +412,7 @@ def _name_process(name: str) -> None:
         ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)
 
 
-def _fork_worker(config: Config, *, scheduler: bool) -> int:
+def _fork_worker(config: Config, *, scheduler: bool, listeners: Sequence[Any] = ()) -> int:
     """Fork the worker from serve's process; return its pid (in the parent).
 
     Forked rather than started afresh: it shares with the web workers every page of
@@ -428,6 +428,15 @@ def _fork_worker(config: Config, *, scheduler: bool) -> int:
     code = 0
     try:  # the child: never returns into serve's code
         _name_process(WORKER_PROCESS_NAME)
+        # Forked again by gunicorn's arbiter after a crash, it has the arbiter's signal
+        # handlers and listening sockets: not the worker's to keep.
+        from gunicorn.arbiter import Arbiter
+
+        for sig in (*Arbiter.SIGNALS, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        for listener in listeners:
+            with contextlib.suppress(OSError):
+                listener.close()
         # Stops when serve is gone, even killed with SIGKILL (see _run_worker).
         os.environ[PARENT_ENV] = str(parent)
         stop = threading.Event()
@@ -442,6 +451,15 @@ def _fork_worker(config: Config, *, scheduler: bool) -> int:
         os._exit(code)
 
 
+def _exited(pid: int) -> bool:
+    """Tell whether a forked child has ended (gunicorn may have reaped it already)."""
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True  # reaped by gunicorn's SIGCHLD handler, which waits for any child
+    return bool(done)
+
+
 def _stop_forked(pid: int, *, timeout: float = 20.0) -> None:
     """Ask a forked child to stop and wait for it (gunicorn may have reaped it already)."""
     import time
@@ -450,11 +468,7 @@ def _stop_forked(pid: int, *, timeout: float = 20.0) -> None:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            done, _status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return  # reaped by gunicorn's SIGCHLD handler, which waits for any child
-        if done:
+        if _exited(pid):
             return
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
@@ -472,8 +486,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     that collections in the children do not write to, and so copy, the shared pages.
     """
     import gc
+    import time
 
     from gunicorn.app.base import BaseApplication
+    from gunicorn.arbiter import Arbiter
 
     # First of all: before anything imports prometheus_client (see _metrics_dir).
     metrics_dir, made_dir = _metrics_dir(create=True, clean=True)
@@ -496,9 +512,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import bot.sender  # noqa: F401
 
     gc.freeze()
-    worker_pid = _fork_worker(config, scheduler=not args.no_scheduler)
+    worker = [_fork_worker(config, scheduler=not args.no_scheduler)]
+    restarts: list[float] = []
+
+    class _Arbiter(Arbiter):  # type: ignore[misc]
+        def manage_workers(self) -> None:
+            super().manage_workers()
+            # Called about once a second by the arbiter's loop: a worker that died is
+            # forked again (at most once every 10 s), or the inbound queue would fill
+            # while webhooks go on answering 200.
+            if _exited(worker[0]) and (not restarts or time.monotonic() - restarts[-1] > 10):
+                log.error("the worker (pid %s) ended: starting another", worker[0])
+                _mark_dead(worker[0])
+                restarts.append(time.monotonic())
+                worker[0] = _fork_worker(config, scheduler=not args.no_scheduler,
+                                         listeners=self.LISTENERS)
 
     class App(BaseApplication):  # type: ignore[misc]
+        def run(self) -> None:
+            try:
+                _Arbiter(self).run()
+            except RuntimeError as exc:  # what BaseApplication.run does with one
+                print(f"\nError: {exc}\n", file=sys.stderr)
+                sys.exit(1)
+
         def load_config(self) -> None:
             from bot.logs import gunicorn_logger_class
 
@@ -558,8 +595,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stopped.append(True)
         for child in children:
             child.terminate()
-        _stop_forked(worker_pid)
-        _mark_dead(worker_pid)
+        _stop_forked(worker[0])
+        _mark_dead(worker[0])
         for child in children:
             try:
                 child.wait(timeout=15)

@@ -614,3 +614,33 @@ def test_the_worker_stops_when_serve_is_killed(pg_url: str, tmp_path: Path,
     serve.crash()  # the master alone: its children are orphaned, not signalled
     wait_until(lambda: not _running(workers[0]), timeout=30,
                what="the orphaned worker to stop", procs=procs, watch=())
+
+
+def test_serve_starts_another_worker_when_its_worker_dies(
+        pg_url: str, tmp_path: Path, procs: Processes, engines: Callable[[str], DbEngine],
+        fakes: tuple[FakeTelegram, FakeTwilio]) -> None:
+    """The worker SIGKILLed: serve forks another, and what webhooks stored meanwhile is
+    processed and answered."""
+    tg, tw = fakes
+    configure(tmp_path / "config.toml", pg_url, tg, tw)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    serve = procs.start("serve", "serve", "--no-scheduler", "--port", str(port))
+    db = engines(pg_url)
+    chats = populate(db, 2, datetime.now(UTC), roles=("parent", "carer"))
+    wait_until(lambda: healthy(base_url), timeout=60, what="serve to answer /healthz",
+               procs=procs, watch=(serve,), interval=0.1)
+    (first,) = [pid for pid in children(serve.pid) if is_worker(pid)]
+    os.kill(first, signal.SIGKILL)
+    chat = int(next(address for _channel, address in chats.values()))
+    update = json.dumps(tg_text(1, chat, "MENU")).encode()
+    answer = urllib.request.urlopen(urllib.request.Request(  # noqa: S310 - loopback
+        f"{base_url}/webhooks/telegram", data=update, method="POST",
+        headers={"Content-Type": "application/json",
+                 "X-Telegram-Bot-Api-Secret-Token": SECRET}), timeout=10)
+    assert json.loads(answer.read())["outcome"] == "queued"
+    wait_until(lambda: [p for p in children(serve.pid) if is_worker(p) and p != first],
+               timeout=30, what="another worker", procs=procs, watch=(serve,))
+    wait_until(lambda: len(tg.texts_for(chat)) == 1, timeout=30,
+               what="the reply from the new worker", procs=procs, watch=(serve,))
+    assert log_has(serve, "the worker (pid")
