@@ -264,3 +264,18 @@ def test_a_row_leased_in_the_future_is_not_claimed(
         conn.execute(update(QUEUE).values(available_at=clock() + timedelta(minutes=5)))
     assert worker(engine).claim(clock()) == []
     assert len(worker(engine).claim(clock() + timedelta(minutes=6))) == 1
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("micro", [0, 123456])
+def test_the_sqlite_spool_writes_times_the_worker_reads_back(
+        db: DbEngine, engine: Engine, clock: Clock, micro: int) -> None:
+    # The web side writes the queue file with sqlite3 itself; the worker compares and
+    # reads those times through SQLAlchemy: the same instant, claimable at that instant.
+    at = clock().replace(microsecond=micro)
+    assert inbox.accept(db, channel="telegram", external_id=f"t{micro}", chat_key="telegram:1",
+                        payload={"update_id": 1}, now=at)
+    (row,) = waiting(db)
+    assert row.received_at == at and row.available_at == at
+    assert worker(engine).claim(at - timedelta(microseconds=1)) == []
+    assert [r.external_id for r in worker(engine).claim(at)] == [f"t{micro}"]
