@@ -20,6 +20,7 @@ instead with ``DESMIGRATIF_REQUIRE_POSTGRES=1``, as in CI).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -445,8 +446,10 @@ class Platform:
                     with self.lock:
                         self.refused.append((external_id, exc.code, exc.read()[:200].decode()))
                     return
-            except (OSError, ValueError, ConnectionError):
-                pass  # refused, reset, closed half-way: the platform tries again
+            except (OSError, ValueError, http.client.HTTPException):
+                # Refused, reset, or closed half-way (the answer's headers came, its body
+                # did not: IncompleteRead): not acknowledged, the platform tries again.
+                pass
             with self.lock:
                 self.retries += 1
             self.stopped.wait(0.05)  # a platform's retry delay (much shortened)
