@@ -29,7 +29,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.engine import Engine as DbEngine
 
+from bot import loops
 from bot.messages import Inbound
 from bot.privacy import mask_phone
 from storage.db import dialect_insert, is_postgres, make_engine
@@ -127,9 +127,10 @@ def accept(db: DbEngine, *, channel: str, external_id: str, chat_key: str,
     queue = queue_db(db)
     with queue.begin() as conn:
         # RETURNING, not rowcount: drivers differ on the rowcount of a skipped insert.
-        return conn.execute(_accept_statement(queue), dict(
-            zip(("channel", "external_id", "chat_key", "payload"), values, strict=True),
-            received_at=now, available_at=now, attempts=0)).first() is not None
+        return conn.execute(_accept_statement(queue), {
+            "channel": channel, "external_id": values[1], "chat_key": values[2],
+            "payload": payload, "received_at": now, "available_at": now, "attempts": 0,
+        }).first() is not None
 
 
 _accept_statements: dict[str, Any] = {}
@@ -345,25 +346,12 @@ class InboxWorker:
     def run_forever(self) -> None:
         """Process stored messages until stop() is called, polling when idle."""
         log.info("inbox %s started", self.worker_id)
-        while not self.stop_event.is_set():
-            try:
-                n = self.run_once()
-            except Exception:
-                log.exception("inbox loop error; retrying shortly")
-                n = 0
-            if n == 0:
-                self.stop_event.wait(POLL_S)
+        loops.run_until_stopped("inbox", self.run_once, self.stop_event,
+                                lambda: self.stop_event.wait(POLL_S))
 
     def drain(self, *, timeout: float = 30.0) -> int:
         """Process everything claimable now (for CLI commands and tests); return how many."""
-        total = 0
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            n = self.run_once()
-            total += n
-            if n == 0:
-                break
-        return total
+        return loops.drain(self.run_once, timeout=timeout)
 
     def stop(self) -> None:
         """Ask the loop to finish its current batch and stop."""

@@ -44,7 +44,7 @@ from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from bot import metrics
+from bot import loops, metrics
 from bot.channels.base import AsyncChannel, Channel, ConcurrentChannel, SendResult
 from bot.config import Config
 from bot.outbox import cancel_unasked, hold_address, hold_for_window, split_text
@@ -728,26 +728,16 @@ class Sender:
     def run_forever(self) -> None:
         """Send until stop() is called, polling the outbox when idle."""
         log.info("sender %s started for %s", self.worker_id, ", ".join(sorted(self.channels)))
-        while not self.stop_event.is_set():
-            try:
-                n = self.run_once()
-            except Exception:
-                log.exception("sender loop error; retrying shortly")
-                n = 0
-            if n == 0:
-                self.wake_event.wait(self.config.sender.poll_interval_s)
-                self.wake_event.clear()
+
+        def idle() -> None:
+            self.wake_event.wait(self.config.sender.poll_interval_s)
+            self.wake_event.clear()
+
+        loops.run_until_stopped("sender", self.run_once, self.stop_event, idle)
 
     def drain(self, *, timeout: float = 30.0) -> int:
         """Send everything due now (for CLI commands and tests); return how many."""
-        total = 0
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            n = self.run_once()
-            total += n
-            if n == 0:
-                break
-        return total
+        return loops.drain(self.run_once, timeout=timeout)
 
     def stop(self) -> None:
         """Ask the loop to finish its current message and stop."""
