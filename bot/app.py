@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from flask import Flask, Request, jsonify
-from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from flask import Flask, jsonify
 from sqlalchemy.engine import Engine as DbEngine
 from werkzeug.exceptions import HTTPException
 
@@ -18,19 +17,6 @@ from bot.engine import Engine
 from storage.db import make_engine
 
 log = logging.getLogger(__name__)
-
-
-class _SessionInterface(SecureCookieSessionInterface):
-    """The dashboard's signed-cookie sessions, not opened for the platforms' webhooks.
-
-    Telegram and Twilio carry no cookie, and a webhook reads no session: opening one
-    (building the signing serializer) is a measurable part of each webhook's cost.
-    """
-
-    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
-        if request.path.startswith("/webhooks/"):
-            return self.make_null_session(app)  # type: ignore[return-value]
-        return super().open_session(app, request)
 
 
 @dataclass
@@ -60,19 +46,19 @@ def create_app(config: Config | None = None, *, db: DbEngine | None = None,
     engine = engine or Engine(db, config)
     app = Flask(__name__, template_folder="web/templates", static_folder="web/static")
     app.config["SECRET_KEY"] = config.server.secret_key or None
-    app.session_interface = _SessionInterface()
     app.config["MAX_CONTENT_LENGTH"] = 1 * 1024 * 1024  # no platform sends more than this
     app.config["JSON_SORT_KEYS"] = False
     app.extensions["desmigratif"] = Services(config=config, db=db, engine=engine)
+
+    from bot.web import api, dashboard, health, simulator, webhooks
+
+    # The platforms' webhooks are answered in front of Flask (see bot/web/webhooks.py).
+    webhooks.install(app)
     if config.server.behind_proxy:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
-
-    from bot.web import api, dashboard, health, simulator, webhooks
-
     app.register_blueprint(health.bp)
-    app.register_blueprint(webhooks.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(dashboard.bp)
     if config.server.simulator:

@@ -111,6 +111,14 @@ def queue_db(db: DbEngine) -> DbEngine:
         return engine
 
 
+def prepare(db: DbEngine) -> None:
+    """Make the queue where it is missing, and close what that opened (serve does this
+    before it forks its processes, so that none of them has to)."""
+    queue = queue_db(db)
+    if queue is not db:
+        queue.dispose()
+
+
 def accept(db: DbEngine, *, channel: str, external_id: str, chat_key: str,
            payload: str | dict[str, Any], now: datetime) -> bool:
     """Store one message for the worker; False when the same one is already waiting.
@@ -123,7 +131,15 @@ def accept(db: DbEngine, *, channel: str, external_id: str, chat_key: str,
     values = (channel, external_id[:80], chat_key[:100], payload)
     path = queue_file(db.url)
     if path is not None:
-        return _spool(db, path).insert(*values, now)
+        spool = _spool(db, path)
+        try:
+            return spool.insert(*values, now)
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            # The file was made (by another process?) without its table yet.
+            QUEUE.create(queue_db(db), checkfirst=True)
+            return spool.insert(*values, now)
     queue = queue_db(db)
     with queue.begin() as conn:
         # RETURNING, not rowcount: drivers differ on the rowcount of a skipped insert.
@@ -196,7 +212,10 @@ def _spool(db: DbEngine, path: Path) -> _Spool:
     key = (os.getpid(), path)  # a connection must not cross gunicorn's fork
     spool = found.get(key)
     if spool is None:
-        queue_db(db)  # creates the file and its table where they are missing
+        if not path.exists():
+            # Made once, by whichever process comes first. Not in every web process:
+            # an engine and a DDL check there cost each one 7 MB of its own memory.
+            queue_db(db)
         spool = found[key] = _Spool(path)
     return spool
 

@@ -2,7 +2,7 @@
 
 Two kinds of numbers:
 
-- **Counters and histograms**, counted where things happen: the webhook views, the
+- **Counters and histograms**, counted where things happen: the webhooks, the
   sender as it settles each message, the scheduler after each run. Under
   ``desmigratif serve`` they use prometheus-client's multiprocess mode: every process
   (each gunicorn worker, the worker subprocess) writes its own files under
@@ -26,14 +26,12 @@ import functools
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec
 
-from flask import g
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -49,7 +47,6 @@ from sqlalchemy import Table, case, create_engine, func, select
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.pool import NullPool
-from werkzeug.exceptions import HTTPException
 
 from storage.models import (
     CHANNELS,
@@ -62,15 +59,14 @@ from storage.models import (
 
 __all__ = [
     "CONTENT_TYPE", "DatabaseCollector", "DatabaseUnavailable", "MULTIPROCESS",
-    "count_send", "engine_outcome", "format_status", "read_engine", "reader_for", "render",
-    "scheduler_ran", "scheduler_tick", "send_result", "set_outcome", "status_outcome",
-    "status_snapshot", "telegram_outcome", "webhook",
+    "count_send", "engine_outcome", "format_status", "http_outcome", "observe_webhook",
+    "read_engine", "reader_for", "render", "scheduler_ran", "scheduler_tick", "send_result",
+    "status_outcome", "status_snapshot", "telegram_outcome",
 ]
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
-R = TypeVar("R")
 
 # prometheus-client chose where values live when it was imported: in this process, or in
 # per-process files under PROMETHEUS_MULTIPROC_DIR. What it chose is the truth here.
@@ -160,48 +156,22 @@ def _harmless(fn: Callable[P, None]) -> Callable[P, None]:
 
 # --- webhooks ---------------------------------------------------------------------------
 
-# What an HTTP error raised by a webhook view says about the request.
+# What an HTTP error answered to a webhook says about the request.
 _HTTP_OUTCOMES = {400: "bad_request", 403: "forbidden", 404: "disabled"}
 
 
-def webhook(channel: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Count and time a webhook view; the view names its outcome with set_outcome().
-
-    A view that returns without naming one "handled" the request; an HTTP error it raises
-    is forbidden (403), disabled (404: the channel is not configured), bad_request
-    (another 4xx); anything else, an error.
-    """
-
-    def decorate(view: Callable[P, R]) -> Callable[P, R]:
-        @functools.wraps(view)
-        def timed(*args: P.args, **kwargs: P.kwargs) -> R:
-            started = time.perf_counter()
-            outcome = "error"
-            try:
-                response = view(*args, **kwargs)
-                outcome = g.pop("webhook_outcome", "handled")
-                return response
-            except HTTPException as exc:
-                code = exc.code or 500
-                outcome = _HTTP_OUTCOMES.get(code, "bad_request" if code < 500 else "error")
-                raise
-            finally:
-                _observe_webhook(channel, outcome, time.perf_counter() - started)
-
-        return timed
-
-    return decorate
+def http_outcome(code: int) -> str:
+    """Return the webhook outcome of an HTTP error answered to a platform's request:
+    forbidden (403), disabled (404: the channel is not configured), bad_request (another
+    4xx), or error."""
+    return _HTTP_OUTCOMES.get(code, "bad_request" if code < 500 else "error")
 
 
 @_harmless
-def _observe_webhook(channel: str, outcome: str, seconds: float) -> None:
+def observe_webhook(channel: str, outcome: str, seconds: float) -> None:
+    """Count one webhook request by channel and outcome, and time it."""
     WEBHOOKS.labels(channel, outcome).inc()
     WEBHOOK_SECONDS.labels(channel).observe(seconds)
-
-
-def set_outcome(outcome: str) -> None:
-    """Name the outcome of the webhook request being handled (see webhook())."""
-    g.webhook_outcome = outcome
 
 
 def engine_outcome(result: Any) -> str:

@@ -9,6 +9,7 @@ and the real worker-side ``InboxWorker`` with the real engine; two workers are t
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -279,3 +280,34 @@ def test_the_sqlite_spool_writes_times_the_worker_reads_back(
     assert row.received_at == at and row.available_at == at
     assert worker(engine).claim(at - timedelta(microseconds=1)) == []
     assert [r.external_id for r in worker(engine).claim(at)] == [f"t{micro}"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_serve_makes_the_queue_before_it_forks(db: DbEngine) -> None:
+    side = inbox.queue_file(db.url)
+    assert side is not None and not side.exists()
+    inbox.prepare(db)  # what serve does, so that no web process has to
+    with sqlite3.connect(side) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'inboundqueue'"
+                            ).fetchall() == [("inboundqueue",)]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_queue_file_without_its_table_yet_is_completed_by_the_webhook(
+        client: FlaskClient, family: Demo, db: DbEngine) -> None:
+    side = inbox.queue_file(db.url)
+    assert side is not None
+    side.touch()  # another process has just made the file, not yet its table
+    assert post_update(client, payloads.tg_text(90, CHAT, "MENU")).status_code == 200
+    assert [r.external_id for r in waiting(db)] == ["90"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_queue_that_cannot_be_written_is_a_500_for_the_platform_to_retry(
+        client: FlaskClient, family: Demo, db: DbEngine) -> None:
+    side = inbox.queue_file(db.url)
+    assert side is not None
+    side.mkdir()  # not a database file: nothing can be stored
+    answer = post_update(client, payloads.tg_text(91, CHAT, "MENU"))
+    assert answer.status_code == 500 and answer.get_json() == {"error": "internal error"}
+    side.rmdir()

@@ -46,6 +46,7 @@ from tests.fakes.processes import free_port
 from tests.fakes.support import (
     SECRET,
     drain,
+    inbound_count,
     link,
     make_app,
     post_twilio,
@@ -239,6 +240,34 @@ def test_telegram_webhook_outcomes_are_counted_once_each(
     assert delta("desmigratif_webhook_duration_seconds_count", channel="telegram") == 8
     assert delta("desmigratif_webhook_duration_seconds_sum", channel="telegram") > 0
     assert webhooks(delta, "whatsapp") == {}
+
+
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+@SQLITE_ONLY
+def test_webhooks_answer_like_the_flask_app_before_it(client: FlaskClient, db: DbEngine,
+                                                    family: Demo) -> None:
+    # The webhooks are answered in front of Flask (bot/web/webhooks.py): the same JSON
+    # reasons, methods and limits as every other route, and only those paths.
+    delta = Delta(client)
+    for method in ("get", "put", "delete"):
+        answer = getattr(client, method)("/webhooks/telegram")
+        assert answer.status_code == 405 and answer.get_json()["error"]
+        assert answer.headers["Allow"] == "OPTIONS, POST"
+    assert client.options("/webhooks/twilio").headers["Allow"] == "OPTIONS, POST"
+    huge = b'{"update_id": 1, "x": "' + b"a" * (2 * 1024 * 1024) + b'"}'
+    answer = client.post("/webhooks/telegram", data=huge, content_type="application/json",
+                         headers={"X-Telegram-Bot-Api-Secret-Token": SECRET})
+    assert answer.status_code == 413 and "exceeds" in answer.get_json()["error"]
+    answer = client.post("/webhooks/twilio", data={"Body": "a" * (2 * 1024 * 1024)})
+    assert answer.status_code == 413
+    # A path beside a webhook's is the Flask app's: its JSON 404.
+    assert client.post("/webhooks/telegram/", json={}).status_code == 404
+    assert client.get("/webhooks/").get_json()["error"]
+    assert webhooks(delta, "telegram") == {"bad_request": 1}
+    assert webhooks(delta, "whatsapp") == {"bad_request": 1}
+    assert inbound_count(db) == 0
 
 
 def test_whatsapp_webhook_and_status_outcomes(client: FlaskClient, family: Demo,
