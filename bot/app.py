@@ -46,12 +46,11 @@ def create_app(config: Config | None = None, *, db: DbEngine | None = None,
     engine = engine or Engine(db, config)
     app = Flask(__name__, template_folder="web/templates", static_folder="web/static")
     app.config["SECRET_KEY"] = config.server.secret_key or None
-    app.config["MAX_CONTENT_LENGTH"] = 1 * 1024 * 1024  # no platform sends more than this
-    app.config["JSON_SORT_KEYS"] = False
-    app.extensions["desmigratif"] = Services(config=config, db=db, engine=engine)
-
     from bot.web import api, dashboard, health, simulator, webhooks
 
+    app.config["MAX_CONTENT_LENGTH"] = webhooks.MAX_BODY  # no platform sends more than this
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions["desmigratif"] = Services(config=config, db=db, engine=engine)
     # The platforms' webhooks are answered in front of Flask (see bot/web/webhooks.py).
     webhooks.install(app)
     if config.server.behind_proxy:

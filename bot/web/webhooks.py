@@ -19,6 +19,7 @@ nothing is done twice.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -26,9 +27,11 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, NotFound
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wrappers import Request
 
 from bot import inbox, metrics
+from bot.app import services
 from bot.channels import telegram_wire as tg_wire
 from bot.channels import twilio_wire as wire
 
@@ -59,12 +62,10 @@ class Answer(NamedTuple):
     status: int = 200
 
 
-def _telegram_body(outcome: str, _cache: dict[str, bytes] = {}) -> bytes:  # noqa: B006
-    # {"ok": true, "outcome": ...}, made once per outcome.
-    body = _cache.get(outcome)
-    if body is None:
-        body = _cache[outcome] = json.dumps({"ok": True, "outcome": outcome}).encode() + b"\n"
-    return body
+@functools.lru_cache(maxsize=32)
+def _telegram_body(outcome: str) -> bytes:
+    """Return Telegram's answer, {"ok": true, "outcome": ...} (made once per outcome)."""
+    return json.dumps({"ok": True, "outcome": outcome}).encode() + b"\n"
 
 
 def telegram_update(svc: Services, request: Request) -> Answer:
@@ -177,8 +178,6 @@ class WebhookFront:
                 [("Allow", "OPTIONS, POST")])
         channel, webhook = route
         started = time.perf_counter()
-        from bot.app import services
-
         try:
             answer = webhook(services(self.app), _Request(environ))
         except HTTPException as exc:
@@ -193,15 +192,11 @@ class WebhookFront:
         return _respond(start_response, answer.status, answer.body, answer.content_type)
 
 
-_REASONS = {200: "OK", 400: "BAD REQUEST", 403: "FORBIDDEN", 404: "NOT FOUND",
-            405: "METHOD NOT ALLOWED", 413: "REQUEST ENTITY TOO LARGE",
-            500: "INTERNAL SERVER ERROR"}
-
-
 def _respond(start_response: StartResponse, status: int, body: bytes, content_type: str,
              extra: list[tuple[str, str]] | None = None) -> list[bytes]:
     headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-    start_response(f"{status} {_REASONS.get(status, 'ERROR')}", headers + (extra or []))
+    reason = HTTP_STATUS_CODES.get(status, "Unknown").upper()  # as werkzeug's Response
+    start_response(f"{status} {reason}", headers + (extra or []))
     return [body]
 
 
